@@ -1,0 +1,57 @@
+"""agkd_tf: adversarially robust image classifiers in TensorFlow 2 / Keras 3.
+
+The centrepiece is AGKD-BML: H. Wang, Y. Deng, S. Yoo, H. Ling, Y. Lin, "AGKD-BML: Defense Against
+Adversarial Attack by Attention Guided Knowledge Distillation and Bi-directional Metric Learning",
+ICCV 2021. Around it sit the defences it is compared with and the attacks that judge them.
+
+Importing the package selects the TensorFlow backend of Keras, so users need not export
+KERAS_BACKEND themselves: every model here relies on tf.distribute and tf.function.
+"""
+
+import os
+import sys
+
+if 'keras' in sys.modules and os.environ.get('KERAS_BACKEND', 'tensorflow') != 'tensorflow':
+  raise ImportError(
+      'agkd_tf needs the TensorFlow backend of Keras, but keras was already imported with '
+      f'KERAS_BACKEND={os.environ["KERAS_BACKEND"]}. Import agkd_tf first or unset it.')
+os.environ['KERAS_BACKEND'] = 'tensorflow'
+# TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) buries our own messages.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+__version__ = '0.1.0'
+
+# Lines the CUDA build of TensorFlow prints on every CPU-only import, before absl logging is
+# initialised (so no environment variable silences them). They bury the one-line errors of our
+# binaries; anything else TensorFlow prints at import is passed through.
+_IMPORT_NOISE = ('log messages before absl::InitializeLog', 'cudart_stub.cc',
+                 'cpu_feature_guard.cc', 'To enable the following instructions',
+                 'Unable to register cu', 'computation placer already registered',
+                 'failed call to cuInit', 'cuda_platform.cc', 'cuda_executor.cc')
+
+
+def _import_tensorflow_quietly():
+  if 'tensorflow' in sys.modules or os.environ.get('AGKD_TF_VERBOSE_IMPORT'):
+    return
+  import tempfile  # pylint: disable=g-import-not-at-top
+  try:
+    sys.stderr.flush()
+    saved = os.dup(2)
+  except (OSError, ValueError):
+    return
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+      tensorflow.config.list_physical_devices('GPU')  # Device probing prints too.
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      lines = captured.read().decode('utf-8', 'replace').splitlines()
+      kept = [l for l in lines if l.strip() and not any(n in l for n in _IMPORT_NOISE)]
+      if kept:
+        sys.stderr.write('\n'.join(kept) + '\n')
+
+
+_import_tensorflow_quietly()

@@ -1,0 +1,41 @@
+"""Training methods (defences), selected by `--method`."""
+
+from agkd_tf.errors import UserError
+from agkd_tf.methods import at
+from agkd_tf.methods import natural
+from agkd_tf.methods.base import Method
+from agkd_tf.methods.base import MethodConfig
+
+_METHODS = {}
+
+
+def register(name, cls):
+  if name in _METHODS:
+    raise ValueError(f'Duplicate method name: {name}')
+  _METHODS[name] = cls
+
+
+register('natural', natural.Natural)
+register('at', at.MadryAT)
+
+
+def names():
+  return sorted(_METHODS)
+
+
+def validate_name(name):
+  if name not in _METHODS:
+    raise UserError(f'unknown method "{name}"; valid: {", ".join(names())}')
+
+
+def get(name):
+  validate_name(name)
+  return _METHODS[name]
+
+
+def build(name, network, num_classes, config, **kwargs):
+  """Instantiates the method `name` around `network` (call inside strategy.scope())."""
+  return get(name)(network, num_classes, config, **kwargs)
+
+
+__all__ = ['Method', 'MethodConfig', 'build', 'get', 'names', 'register', 'validate_name']

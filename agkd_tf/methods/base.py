@@ -1,0 +1,116 @@
+"""The shared base of every training method (defence): a keras.Model with its own train_step.
+
+It follows Keras 3's built-in TensorFlow `train_step` (keras/src/backend/tensorflow/trainer.py):
+compute the loss, scale it for the optimiser, apply gradients, update trackers with the *unscaled*
+values, return `{name: value}`. What the base adds, so each method only writes its loss:
+
+- Loss scaling under tf.distribute: a method returns a per-replica *mean* over its local batch;
+  the base divides by the number of replicas exactly once, because the optimiser's all-reduce
+  sums replica gradients. (Keras's own `compute_loss` does the same division internally; we do
+  not call it, so we divide here.)
+- Mixed precision: `optimizer.scale_loss` (a no-op unless a LossScaleOptimizer wraps it).
+- Weight decay is PyTorch-style and lives in `optim.TorchSGD`, after the all-reduce.
+- Trackers: one `keras.metrics.Mean` per loss term named by the method, plus accuracies.
+- A frozen teacher slot: the teacher network is never trainable and never in the optimiser.
+- A seeded tf.random.Generator for attack starts and class-bank draws, checkpointed with the run.
+"""
+
+import keras
+import tensorflow as tf
+
+
+class Method(keras.Model):
+  """Base class of the methods.
+
+  Subclasses set `loss_terms` (names of the scalar terms they report; the first is the total),
+  `accuracies` (names of accuracy trackers) and implement `compute_losses`.
+
+  Args:
+    network: the model zoo network being trained.
+    num_classes: K.
+    config: a `MethodConfig` with the method's hyper-parameters.
+    teacher: optional frozen teacher network.
+    class_bank: optional `data.ClassBank` of the training set.
+    seed: seed of the method's random generator.
+  """
+
+  loss_terms = ('loss',)
+  accuracies = ('accuracy',)
+
+  def __init__(self, network, num_classes, config, teacher=None, class_bank=None, seed=0,
+               **kwargs):
+    super().__init__(**kwargs)
+    self.network = network
+    self.num_classes = num_classes
+    self.config = config
+    self.class_bank = class_bank
+    self.teacher = teacher
+    if teacher is not None:
+      teacher.trainable = False
+    self.rng = tf.random.Generator.from_seed(seed)
+    self._loss_trackers = {n: keras.metrics.Mean(name=n) for n in self.loss_terms}
+    self._acc_trackers = {n: keras.metrics.SparseCategoricalAccuracy(name=n)
+                          for n in self.accuracies}
+
+  def call(self, images, training=False):
+    return self.network(images, training=training)
+
+  @property
+  def metrics(self):
+    return list(self._loss_trackers.values()) + list(self._acc_trackers.values())
+
+  def compute_losses(self, images, labels):
+    """The method's loss on one replica's batch.
+
+    Args:
+      images: [B, H, W, C] float32 in [0, 1].
+      labels: [B] int32.
+
+    Returns:
+      (terms, predictions): `terms` maps every name of `loss_terms` to a scalar mean over the
+      local batch, the first being the total to minimise; `predictions` maps every name of
+      `accuracies` to the logits that accuracy is measured on.
+    """
+    raise TypeError(f'{type(self).__name__} must define compute_losses()')
+
+  def train_step(self, data):
+    images, labels = data[0], data[1]
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    variables = self.network.trainable_variables
+    with tf.GradientTape() as tape:
+      terms, predictions = self.compute_losses(images, labels)
+      total = terms[self.loss_terms[0]]
+      scaled = self.optimizer.scale_loss(total / replicas)
+    grads = tape.gradient(scaled, variables)
+    self.optimizer.apply(grads, variables)
+    for name, value in terms.items():
+      self._loss_trackers[name].update_state(value)
+    for name, logits in predictions.items():
+      self._acc_trackers[name].update_state(labels, logits)
+    return {m.name: m.result() for m in self.metrics}
+
+
+class MethodConfig:
+  """Hyper-parameters of a method, frozen after construction.
+
+  Any keyword is accepted, so each method reads the fields it needs (`label_smoothing`, `eps`,
+  `step_size`, `attack_steps`, ...) and the base stays independent of the method list.
+  """
+
+  def __init__(self, **fields):
+    object.__setattr__(self, '_fields', dict(fields))
+
+  def __getattr__(self, name):
+    try:
+      return self._fields[name]
+    except KeyError:
+      raise AttributeError(f'MethodConfig has no field "{name}"') from None
+
+  def __setattr__(self, name, value):
+    raise AttributeError('MethodConfig is frozen')
+
+  def get(self, name, default=None):
+    return self._fields.get(name, default)
+
+  def as_dict(self):
+    return dict(self._fields)

@@ -1,0 +1,38 @@
+r"""Trains a model with one of the package's methods.
+
+  python -m agkd_tf.train --flagfile=flags/quickstart.cfg --model_dir=/tmp/run
+
+A rerun of the same command resumes from the latest checkpoint in --model_dir.
+"""
+
+import dataclasses
+
+from absl import flags
+
+import agkd_tf  # pylint: disable=unused-import  (selects the Keras backend first)
+from agkd_tf import errors
+from agkd_tf import flags as agkd_flags
+from agkd_tf import strategy_utils
+from agkd_tf import train_lib
+
+agkd_flags.define_train_flags()
+FLAGS = flags.FLAGS
+
+
+def config_from_flags():
+  """Maps the parsed flags onto a TrainConfig (plain values only)."""
+  fields = {f.name for f in dataclasses.fields(train_lib.TrainConfig)}
+  values = {name: FLAGS[name].value for name in fields if name in FLAGS}
+  values['lr_decay_epochs'] = tuple(int(e) for e in FLAGS.lr_decay_epochs)
+  return train_lib.TrainConfig(**values)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise errors.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+  strategy_utils.split_cpu(FLAGS.cpu_devices)
+  train_lib.train(config_from_flags())
+
+
+if __name__ == '__main__':
+  errors.run_main(main)

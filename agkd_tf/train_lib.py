@@ -1,0 +1,382 @@
+"""The training loop: plain arguments in, a finished run directory out.
+
+`train(config)` is what `python -m agkd_tf.train` calls, and what tests and benchmarks call
+directly. It never reads absl FLAGS. The run directory (`model_dir`) holds:
+
+  checkpoints/      tf.train.Checkpoint of network, optimiser and method state, every
+                    `checkpoint_every_steps` steps and at every epoch end; the last
+                    `keep_checkpoints` are kept. A rerun of the same command resumes from the latest.
+  summaries/train   TensorBoard: every loss term, accuracies, lr, images/sec, hparams.
+  summaries/eval    TensorBoard: clean and PGD-k accuracy on the held-out subset.
+  flags.json        the resolved configuration.
+  model_spec.json   what is needed to rebuild the network (model, input shape, classes).
+  result.json       final metrics, written atomically at the end.
+  export/           SavedModel (written to a temporary name, then renamed).
+
+Resume is exact: the data order and augmentation of every epoch are functions of (seed, epoch), so
+a run restored at global step k rebuilds its epoch and skips the batches already trained.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from agkd_tf import data as data_lib
+from agkd_tf import eval_lib
+from agkd_tf import io_utils
+from agkd_tf import methods
+from agkd_tf import models
+from agkd_tf import optim
+from agkd_tf import strategy_utils
+from agkd_tf.data import pipeline
+from agkd_tf.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything a training run needs; the flags map onto it one to one."""
+  model_dir: str
+  dataset: str = 'cifar10'
+  data_dir: Optional[str] = None
+  train_examples: int = 0
+  test_examples: int = 0
+  model: str = 'wrn-28-10'
+  method: str = 'natural'
+  label_smoothing: float = 0.0
+  eps: float = 8 / 255
+  step_size: float = 2 / 255
+  attack_steps: int = 10
+  attack_dtype: str = 'float32'
+  epochs: int = 200
+  batch_size: int = 128
+  lr: float = 0.1
+  momentum: float = 0.9
+  nesterov: bool = False
+  weight_decay: float = 2e-4
+  weight_decay_variables: str = 'all'
+  lr_schedule: str = 'piecewise'
+  lr_decay_epochs: Sequence[int] = (100, 150)
+  lr_decay_factor: float = 0.1
+  warmup_epochs: float = 0.0
+  strategy: str = 'auto'
+  jit_compile: str = 'auto'
+  mixed_precision: str = 'auto'
+  sync_bn: bool = False
+  seed: int = 0
+  checkpoint_every_steps: int = 1000
+  keep_checkpoints: int = 3
+  log_every_steps: int = 50
+  eval_every: int = 0
+  eval_examples: int = 1000
+  eval_attack_steps: int = 10
+  eval_batch_size: int = 256
+  verbose: int = 1
+  export: bool = True
+  max_steps: int = 0  # Stop after this many global steps (0: run all epochs); for tests.
+
+
+def _check_config(config):
+  methods.validate_name(config.method)
+  models.validate_name(config.model)
+  data_lib.validate_name(config.dataset)
+  if config.strategy not in strategy_utils.STRATEGIES:
+    raise UserError(f'unknown strategy "{config.strategy}"; valid: '
+                    f'{", ".join(strategy_utils.STRATEGIES)}')
+  if config.lr_schedule not in ('piecewise', 'cosine', 'constant'):
+    raise UserError(f'unknown lr schedule "{config.lr_schedule}"; valid: piecewise, cosine, '
+                    'constant')
+
+
+def _check_existing_run(model_dir, config):
+  """Refuses to resume a run directory that belongs to a different model or dataset."""
+  path = os.path.join(model_dir, 'flags.json')
+  if not os.path.exists(path):
+    return
+  old = io_utils.read_json(path)
+  for key in ('model', 'dataset', 'method'):
+    if key in old and old[key] != getattr(config, key):
+      raise UserError(
+          f'{model_dir} holds a run with {key}={old[key]}, not {getattr(config, key)}; its '
+          'checkpoints cannot be resumed with these flags. Use a new --model_dir.')
+
+
+def model_spec(config, splits):
+  """What evaluation and export need to rebuild the network and find its data."""
+  kind, _, path = config.dataset.partition(':')
+  # Absolute, so `evaluate` finds the data from any working directory.
+  dataset = f'{kind}:{os.path.abspath(path)}' if kind in ('folder', 'npz') else config.dataset
+  return {'model': config.model, 'input_shape': list(splits.image_shape),
+          'num_classes': int(splits.num_classes), 'class_names': list(splits.class_names),
+          'dataset': dataset}
+
+
+class _Summaries:
+  """TensorBoard writers for summaries/train and summaries/eval."""
+
+  def __init__(self, model_dir):
+    self.train = tf.summary.create_file_writer(os.path.join(model_dir, 'summaries', 'train'))
+    self.eval = tf.summary.create_file_writer(os.path.join(model_dir, 'summaries', 'eval'))
+
+  def scalars(self, writer, values, step):
+    with writer.as_default(step=step):
+      for name, value in values.items():
+        tf.summary.scalar(name, value)
+    writer.flush()
+
+  def hparams(self, config):
+    from tensorboard.plugins.hparams import api as hp  # pylint: disable=g-import-not-at-top
+    values = {}
+    for k, v in dataclasses.asdict(config).items():
+      if isinstance(v, (bool, int, float, str)):
+        values[k] = v
+      elif v is not None:
+        values[k] = str(list(v) if isinstance(v, tuple) else v)
+    with self.train.as_default():
+      hp.hparams(values)
+
+
+def _restore(checkpoint, manager, model_dir):
+  """Restores the latest checkpoint, with a clear error when it belongs to another model."""
+  latest = manager.latest_checkpoint
+  if not latest:
+    return None
+  try:
+    status = checkpoint.restore(latest)
+    status.assert_existing_objects_matched()
+  except (AssertionError, ValueError, tf.errors.InvalidArgumentError,
+          tf.errors.NotFoundError) as e:
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    raise UserError(f'the checkpoint {latest} does not match this model and method ({first}). '
+                    f'It was written by a different configuration; use a new --model_dir than '
+                    f'{model_dir}.') from None
+  return latest
+
+
+def _first_replica(values):
+  strategy = tf.distribute.get_strategy()
+  return {k: strategy.experimental_local_results(v)[0] for k, v in values.items()}
+
+
+def build_method(config, splits, strategy, teacher=None):
+  """Builds network, method and optimiser inside `strategy.scope()`."""
+  mean, std = splits.channel_stats()
+  steps = pipeline.steps_per_epoch(len(splits.y_train), config.batch_size)
+  with strategy.scope():
+    network = models.build(config.model, splits.image_shape, splits.num_classes, mean, std,
+                           sync_bn=config.sync_bn)
+    method_config = methods.MethodConfig(
+        label_smoothing=config.label_smoothing, eps=config.eps, step_size=config.step_size,
+        attack_steps=config.attack_steps, attack_dtype=config.attack_dtype)
+    method = methods.build(config.method, network, splits.num_classes, method_config,
+                           teacher=teacher, seed=config.seed)
+    schedule = optim.EpochSchedule(config.lr, steps, config.lr_schedule, config.lr_decay_epochs,
+                                   config.lr_decay_factor, config.warmup_epochs, config.epochs)
+    optimizer = optim.TorchSGD(schedule, config.momentum, config.nesterov, config.weight_decay,
+                               config.weight_decay_variables)
+    if keras.mixed_precision.global_policy().name == 'mixed_float16':
+      optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    method.compile(optimizer=optimizer, jit_compile=False)
+    optimizer.build(network.trainable_variables)
+  return network, method, optimizer
+
+
+def make_step_fn(method, strategy, jit_compile):
+  """One distributed train step: `strategy.run` of the method's train_step, compiled."""
+  replica_step = tf.function(method.train_step, jit_compile=jit_compile, reduce_retracing=True)
+
+  @tf.function(reduce_retracing=True)
+  def step_fn(batch):
+    return strategy.run(replica_step, args=(batch,))
+
+  return step_fn
+
+
+def _describe_bad_terms(logs, loss_terms):
+  bad = [n for n in loss_terms[1:] if not math.isfinite(float(logs.get(n, 0.0)))]
+  return ', '.join(bad) if bad else loss_terms[0]
+
+
+def train(config: TrainConfig, strategy=None, splits=None):
+  """Trains (or resumes) a run and returns its result dict.
+
+  Args:
+    config: the run's `TrainConfig`.
+    strategy: a tf.distribute strategy; by default the one named by `config.strategy`.
+    splits: preloaded `data.Splits` (tests); by default loaded from `config.dataset`.
+
+  Returns:
+    The dict written to result.json.
+
+  Raises:
+    UserError: bad names, data, model_dir or checkpoint.
+  """
+  _check_config(config)
+  model_dir = os.path.abspath(config.model_dir)
+  _check_existing_run(model_dir, config)
+  if splits is None:
+    splits = data_lib.load(config.dataset, config.data_dir, config.train_examples,
+                           config.test_examples, config.seed)
+  if len(splits.y_train) < config.batch_size:
+    raise UserError(f'the training set has {len(splits.y_train)} images, fewer than one batch '
+                    f'of --batch_size={config.batch_size}')
+  io_utils.make_writable_dir(model_dir)
+
+  keras.utils.set_random_seed(config.seed)
+  keras.mixed_precision.set_global_policy(strategy_utils.resolve_precision(config.mixed_precision))
+  jit = strategy_utils.resolve_jit(config.jit_compile)
+  strategy = strategy or strategy_utils.get_strategy(config.strategy)
+  replicas = strategy.num_replicas_in_sync
+  if config.batch_size % replicas:
+    raise UserError(f'--batch_size={config.batch_size} must be divisible by the {replicas} '
+                    'replicas')
+  try:
+    network, method, optimizer = build_method(config, splits, strategy)
+  finally:
+    keras.mixed_precision.set_global_policy('float32')
+
+  steps_per_epoch = pipeline.steps_per_epoch(len(splits.y_train), config.batch_size)
+  total_steps = steps_per_epoch * config.epochs
+  if config.max_steps:
+    total_steps = min(total_steps, config.max_steps)
+  with strategy.scope():
+    checkpoint = tf.train.Checkpoint(network=network, optimizer=optimizer, method=method)
+  manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, 'checkpoints'),
+                                       max_to_keep=config.keep_checkpoints)
+  restored = _restore(checkpoint, manager, model_dir)
+  start_step = int(optimizer.iterations.numpy())
+  if restored:
+    logging.info('Resumed from %s at step %d.', restored, start_step)
+
+  io_utils.write_json_atomic(os.path.join(model_dir, 'flags.json'), dataclasses.asdict(config))
+  io_utils.write_json_atomic(os.path.join(model_dir, 'model_spec.json'),
+                             model_spec(config, splits))
+  summaries = _Summaries(model_dir)
+  if not restored:
+    summaries.hparams(config)
+
+  # Held-out subset for periodic evaluation: class-balanced, fixed by the seed.
+  eval_idx = data_lib.balanced_indices(splits.y_test, config.eval_examples, splits.num_classes,
+                                       config.seed + 2)
+  x_eval, y_eval = splits.x_test[eval_idx], splits.y_test[eval_idx]
+
+  def run_eval(step):
+    clean = eval_lib.accuracy(network, x_eval, y_eval, config.eval_batch_size)
+    values = {'accuracy': clean}
+    if config.eval_attack_steps:
+      values[f'pgd{config.eval_attack_steps}_accuracy'] = eval_lib.accuracy(
+          network, x_eval, y_eval, config.eval_batch_size, config.eval_attack_steps, config.eps,
+          config.step_size, seed=config.seed)
+    summaries.scalars(summaries.eval, values, step)
+    return values
+
+  step_fn = make_step_fn(method, strategy, jit)
+  step = start_step
+  train_seconds = 0.0
+  timed_images = 0
+  logs = {}
+  interactive = sys.stdout.isatty()
+  while step < total_steps:
+    epoch = step // steps_per_epoch
+    skip = step % steps_per_epoch
+    epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+    ds = pipeline.train_dataset(splits.x_train, splits.y_train, config.batch_size, epoch,
+                                config.seed, skip_batches=skip, flip=splits.flip)
+    ds = ds.take(epoch_steps - skip)
+    # One replica: feed the dataset directly. OneDeviceStrategy's distributed-dataset wrapper
+    # halved throughput on our CPUs (its prefetch competes with the step for the two cores).
+    dist_ds = strategy.experimental_distribute_dataset(ds) if replicas > 1 else ds
+    for m in method.metrics:
+      m.reset_state()
+    bar = keras.utils.Progbar(epoch_steps, stateful_metrics=[m.name for m in method.metrics],
+                              verbose=1 if config.verbose == 1 else 0,
+                              interval=0.5 if interactive else 60.0)
+    if config.verbose == 1:
+      print(f'Epoch {epoch + 1}/{config.epochs}', flush=True)
+    epoch_start = time.time()
+    epoch_images = 0
+    window_start, window_images = time.time(), 0
+    for batch in dist_ds:
+      t0 = time.time()
+      logs = {k: float(v) for k, v in _first_replica(step_fn(batch)).items()}
+      step += 1
+      if not math.isfinite(logs[method.loss_terms[0]]):
+        raise UserError(
+            f'the loss became non-finite at step {step} (term: '
+            f'{_describe_bad_terms(logs, method.loss_terms)}); stopping without saving. Last good '
+            f'checkpoint: {manager.latest_checkpoint or "none"}.')
+      if step > start_step + 1:  # The first step includes tracing; keep it out of throughput.
+        train_seconds += time.time() - t0
+        timed_images += config.batch_size
+      epoch_images += config.batch_size
+      window_images += config.batch_size
+      bar.update(step - epoch * steps_per_epoch, list(logs.items()))
+      if config.log_every_steps and step % config.log_every_steps == 0:
+        now = time.time()
+        lr = float(optimizer.learning_rate)
+        summaries.scalars(summaries.train, {**{f'train/{k}': v for k, v in logs.items()},
+                                            'train/lr': lr,
+                                            'train/images_per_sec':
+                                                window_images / max(now - window_start, 1e-9)},
+                          step)
+        window_start, window_images = now, 0
+      if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+        manager.save(checkpoint_number=step)
+      if step >= total_steps:
+        break
+    epoch_time = time.time() - epoch_start
+    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f'-{step}'):
+      manager.save(checkpoint_number=step)
+    summary = {f'epoch/{k}': v for k, v in logs.items()}
+    summary['epoch/images_per_sec'] = epoch_images / max(epoch_time, 1e-9)
+    summary['epoch/seconds'] = epoch_time
+    summaries.scalars(summaries.train, summary, step)
+    line = ' '.join(f'{k}={v:.4f}' for k, v in logs.items())
+    message = (f'epoch {epoch + 1}/{config.epochs} step {step}: {line} '
+               f'lr={float(optimizer.learning_rate):.5f} '
+               f'{summary["epoch/images_per_sec"]:.1f} images/sec {epoch_time:.1f}s')
+    if config.eval_every and (epoch + 1) % config.eval_every == 0 and step < total_steps:
+      values = run_eval(step)
+      message += ' | eval ' + ' '.join(f'{k}={v:.4f}' for k, v in values.items())
+    if config.verbose:
+      print(message, flush=True)
+    else:
+      logging.info('%s', message)
+
+  result_path = os.path.join(model_dir, 'result.json')
+  if start_step >= total_steps and os.path.exists(result_path):
+    logging.info('The run in %s is already complete.', model_dir)
+    return io_utils.read_json(result_path)
+
+  # Final evaluation: clean accuracy on the whole test split, PGD on the held-out subset.
+  clean = eval_lib.accuracy(network, splits.x_test, splits.y_test, config.eval_batch_size)
+  result = {
+      'dataset': config.dataset, 'model': config.model, 'method': config.method,
+      'epochs': config.epochs, 'steps': step, 'train_examples': int(len(splits.y_train)),
+      'test_examples': int(len(splits.y_test)), 'clean_accuracy': clean,
+      'images_per_sec': timed_images / train_seconds if train_seconds else None,
+      'replicas': replicas, 'jit_compile': jit,
+  }
+  eval_values = {'test/accuracy': clean}
+  if config.eval_attack_steps:
+    key = f'pgd{config.eval_attack_steps}_accuracy'
+    result[key] = eval_lib.accuracy(network, x_eval, y_eval, config.eval_batch_size,
+                                    config.eval_attack_steps, config.eps, config.step_size,
+                                    seed=config.seed)
+    result['attack_examples'] = int(len(y_eval))
+    result['eps'] = config.eps
+    eval_values[f'test/{key}'] = result[key]
+  summaries.scalars(summaries.eval, eval_values, step)
+  if config.export:
+    from agkd_tf import export_lib  # pylint: disable=g-import-not-at-top
+    result['export_dir'] = export_lib.export_run(model_dir)
+  io_utils.write_json_atomic(result_path, result)
+  logging.info('Result: %s', json.dumps(result))
+  return result

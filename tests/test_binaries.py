@@ -1,0 +1,77 @@
+"""The binaries end bad input with one clear line and a non-zero exit, and write nothing."""
+
+import os
+
+import pytest
+
+from tests import conftest
+from tests import helpers
+
+
+def _assert_one_line_error(proc, pattern=None):
+  assert proc.returncode != 0, proc.stdout + proc.stderr
+  assert 'Traceback' not in proc.stderr, proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith('error: '), proc.stderr
+  if pattern:
+    assert pattern in lines[0], lines[0]
+  return lines[0]
+
+
+TRAIN_CASES = [
+    (['--dataset=imagenet'], 'unknown dataset "imagenet"'),
+    (['--model=resnet9'], 'unknown model "resnet9"'),
+    (['--method=magic'], 'unknown method "magic"'),
+    (['--strategy=tpu'], '--strategy must be one of'),
+    (['--eps=8'], '8/255 = 0.0314, not 8'),
+    (['--lr=-1'], '--lr must lie in (0, 10]'),
+    (['--label_smoothing=1.5'], '--label_smoothing must lie in [0, 1)'),
+    (['--dataset=folder:/nonexistent/images'], 'does not exist'),
+    (['--no_such_flag=1'], "Unknown command line flag 'no_such_flag'"),
+    (['--flagfile=/nonexistent.cfg'], 'Unable to open flagfile'),
+]
+
+
+@pytest.mark.parametrize('args,pattern', TRAIN_CASES)
+def test_train_bad_input(tmp_path, args, pattern):
+  model_dir = tmp_path / 'run'
+  proc = conftest.run_binary('train', f'--model_dir={model_dir}', '--model=cnn-cpu',
+                             '--dataset=synthetic:8', *args)
+  _assert_one_line_error(proc, pattern)
+  assert not model_dir.exists()
+
+
+def test_train_corrupt_image_and_unwritable_model_dir(tmp_path):
+  root = helpers.write_image_folder(str(tmp_path / 'imgs'), fmt='jpg')
+  with open(os.path.join(root, 'test', 'cat', '000.jpg'), 'wb') as f:
+    f.write(b'not an image')
+  proc = conftest.run_binary('train', f'--model_dir={tmp_path / "run"}', '--model=cnn-cpu',
+                             f'--dataset=folder:{root}')
+  _assert_one_line_error(proc, '000.jpg')
+  assert not (tmp_path / 'run').exists()
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('x')
+  proc = conftest.run_binary('train', f'--model_dir={blocker}/run', '--model=cnn-cpu',
+                             '--dataset=synthetic:8', '--train_examples=64', '--epochs=1',
+                             '--batch_size=32')
+  _assert_one_line_error(proc, 'not writable')
+
+
+def test_train_then_export_then_bad_export(tmp_path):
+  run = tmp_path / 'run'
+  proc = conftest.run_binary('train', f'--model_dir={run}', '--model=cnn-cpu',
+                             '--dataset=synthetic:8', '--train_examples=64', '--test_examples=20',
+                             '--epochs=1', '--batch_size=32', '--eval_attack_steps=1',
+                             '--eval_examples=10', '--verbose=0', '--export=false')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert (run / 'result.json').is_file() and not (run / 'export').exists()
+  proc = conftest.run_binary('export', f'--model_dir={run}', f'--export_dir={tmp_path / "sm"}')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert (tmp_path / 'sm' / 'saved_model.pb').is_file()
+  # A rerun with another model must not touch the run.
+  proc = conftest.run_binary('train', f'--model_dir={run}', '--model=wrn-16-4',
+                             '--dataset=synthetic:8', '--train_examples=64', '--epochs=1',
+                             '--batch_size=32')
+  _assert_one_line_error(proc, 'not wrn-16-4')
+  proc = conftest.run_binary('export', f'--model_dir={tmp_path / "nothing"}')
+  _assert_one_line_error(proc, 'not a training run directory')

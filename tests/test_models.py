@@ -1,0 +1,71 @@
+"""Tests of the model zoo: output names and shapes, and the PyTorch-matching details."""
+
+import keras
+import numpy as np
+import pytest
+
+from agkd_tf import models
+from agkd_tf.errors import UserError
+
+# (name, input side, feature map shape, trainable parameters of the PyTorch original or ours)
+CASES = [
+    ('cnn-cpu', 32, (8, 8, 128), None),
+    ('wrn-16-4', 32, (8, 8, 256), None),
+    ('wrn-28-10', 32, (8, 8, 640), 36479194),  # The official PyTorch WRN-28-10 on CIFAR-10.
+    ('wrn-34-10', 32, (8, 8, 640), 46160474),  # The official PyTorch WRN-34-10 on CIFAR-10.
+    ('preact-resnet18', 32, (4, 4, 512), None),
+    ('resnet50', 64, (8, 8, 2048), None),
+    ('vgg16', 32, (2, 2, 512), None),
+]
+
+
+@pytest.mark.parametrize('name,side,fmap,params', CASES)
+def test_model_outputs(name, side, fmap, params):
+  net = models.build(name, (side, side, 3), 10)
+  out = net(np.random.RandomState(0).rand(2, side, side, 3).astype(np.float32), training=False)
+  assert set(out) == {'logits', 'embedding', 'feature_map'}
+  assert tuple(out['logits'].shape) == (2, 10)
+  assert tuple(out['feature_map'].shape) == (2,) + fmap
+  assert tuple(out['embedding'].shape) == (2, fmap[-1])
+  # The embedding is the global average pool of the feature map.
+  np.testing.assert_allclose(out['embedding'], np.mean(out['feature_map'], axis=(1, 2)),
+                             rtol=1e-5, atol=1e-6)
+  if params is not None:
+    # Trainable parameters, less our two normalisation vectors (not trainable anyway).
+    trainable = sum(int(np.prod(v.shape)) for v in net.trainable_variables)
+    assert trainable == params
+
+
+def test_batchnorm_matches_pytorch_defaults():
+  net = models.build('wrn-16-4', (32, 32, 3), 10)
+  bns = [l for l in net.layers if isinstance(l, keras.layers.BatchNormalization)]
+  assert bns and all(l.momentum == 0.9 and l.epsilon == 1e-5 for l in bns)
+  convs = [l for l in net.layers if isinstance(l, keras.layers.Conv2D)]
+  assert all(not l.use_bias for l in convs)
+
+
+def test_stride_two_convolutions_pad_symmetrically():
+  net = models.build('wrn-16-4', (32, 32, 3), 10)
+  strided = [l for l in net.layers if isinstance(l, keras.layers.Conv2D) and l.strides == (2, 2)
+             and l.kernel_size == (3, 3)]
+  assert strided and all(l.padding == 'valid' for l in strided)
+
+
+def test_normalisation_is_inside_the_model():
+  mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+  net = models.build('cnn-cpu', (8, 8, 3), 3, mean, std)
+  layer = net.get_layer('normalize')
+  x = np.random.RandomState(1).rand(1, 8, 8, 3).astype(np.float32)
+  np.testing.assert_allclose(layer(x), (x - np.array(mean)) / np.array(std), rtol=1e-5)
+  assert not layer.trainable_weights
+
+
+def test_sync_bn_flag():
+  net = models.build('cnn-cpu', (8, 8, 3), 3, sync_bn=True)
+  bns = [l for l in net.layers if isinstance(l, keras.layers.BatchNormalization)]
+  assert all(l.synchronized for l in bns)
+
+
+def test_unknown_model_lists_valid_names():
+  with pytest.raises(UserError, match='unknown model "resnet9".*wrn-28-10'):
+    models.build('resnet9', (32, 32, 3), 10)

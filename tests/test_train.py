@@ -1,0 +1,162 @@
+"""Tests of the training loop: learning, tf.distribute equality, resume and export."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from agkd_tf import data
+from agkd_tf import export_lib
+from agkd_tf import methods
+from agkd_tf import models
+from agkd_tf import optim
+from agkd_tf import strategy_utils
+from agkd_tf import train_lib
+from agkd_tf.errors import UserError
+from tests import helpers
+
+
+def _config(tmp_path, **overrides):
+  values = dict(model_dir=str(tmp_path / 'run'), dataset='synthetic:8', train_examples=256,
+                test_examples=64, model='cnn-cpu', epochs=2, batch_size=32, lr=0.05,
+                lr_schedule='constant', eval_examples=32, eval_attack_steps=2,
+                checkpoint_every_steps=5, log_every_steps=4, verbose=0, seed=1)
+  values.update(overrides)
+  return train_lib.TrainConfig(**values)
+
+
+def test_natural_training_learns_and_writes_the_run_directory(tmp_path):
+  config = _config(tmp_path, epochs=3)
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  result = train_lib.train(config, strategy=strategy)
+  assert result['steps'] == 3 * (256 // 32)
+  assert result['clean_accuracy'] > 0.5  # Ten synthetic classes: chance is 0.1.
+  assert 0.0 <= result['pgd2_accuracy'] <= 1.0
+  for name in ('flags.json', 'result.json', 'model_spec.json'):
+    assert os.path.isfile(os.path.join(config.model_dir, name))
+  assert tf.train.latest_checkpoint(os.path.join(config.model_dir, 'checkpoints'))
+  events = [f for _, _, fs in os.walk(os.path.join(config.model_dir, 'summaries')) for f in fs]
+  assert len(events) >= 2
+
+
+def test_loss_goes_down_on_a_fixed_batch():
+  splits = data.load('synthetic:8', None, 64, 16, 0)
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  config = train_lib.TrainConfig(model_dir='unused', model='cnn-cpu', lr=0.05,
+                                 lr_schedule='constant', epochs=1, batch_size=64)
+  _, method, _ = train_lib.build_method(config, splits, strategy)
+  step = train_lib.make_step_fn(method, strategy, False)
+  batch = (tf.constant(splits.x_train, tf.float32) / 255.0, tf.constant(splits.y_train))
+  losses = []
+  for _ in range(15):
+    for m in method.metrics:
+      m.reset_state()
+    losses.append(float(step(batch)['loss']))
+  assert losses[-1] < 0.5 * losses[0]
+
+
+def _train_steps(strategy, make_network, batches, lr=0.1):
+  with strategy.scope():
+    network = make_network()
+    method = methods.build('natural', network, 3, methods.MethodConfig())
+    opt = optim.TorchSGD(lr, 0.9, False, 5e-4)
+    method.compile(optimizer=opt)
+    opt.build(network.trainable_variables)
+  step = train_lib.make_step_fn(method, strategy, False)
+  for batch in batches:
+    if strategy.num_replicas_in_sync > 1:
+      batch = next(iter(strategy.experimental_distribute_dataset(
+          tf.data.Dataset.from_tensors(batch))))
+    step(batch)
+  return [v.numpy() for v in network.weights]
+
+
+@pytest.mark.parametrize('kind', ['no_batchnorm', 'sync_batchnorm'])
+def test_mirrored_strategy_equals_one_device(kind):
+  rng = np.random.RandomState(0)
+  batches = [(tf.constant(rng.rand(16, 8, 8, 3).astype(np.float32)),
+              tf.constant(rng.randint(0, 3, 16).astype(np.int32))) for _ in range(4)]
+  if kind == 'no_batchnorm':
+    make = lambda: helpers.dense_network(seed=3)
+  else:
+    def make():
+      keras.utils.set_random_seed(7)
+      return models.build('cnn-cpu', (8, 8, 3), 3, sync_bn=True)
+  one = _train_steps(tf.distribute.OneDeviceStrategy('/cpu:0'), make, batches)
+  two = _train_steps(strategy_utils.mirrored_cpu(['/cpu:0', '/cpu:1']), make, batches)
+  assert len(one) == len(two)
+  for a, b in zip(one, two):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_resume_continues_at_the_saved_step(tmp_path):
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  stopped = _config(tmp_path, max_steps=11, export=False)
+  train_lib.train(stopped, strategy=strategy)
+  ckpt_dir = os.path.join(stopped.model_dir, 'checkpoints')
+  assert tf.train.latest_checkpoint(ckpt_dir).endswith('-11')
+  full = _config(tmp_path, export=False)
+  result = train_lib.train(full, strategy=strategy)
+  assert result['steps'] == 2 * (256 // 32)
+  # The same run without the interruption ends with the same weights.
+  straight = _config(tmp_path, model_dir=str(tmp_path / 'straight'), export=False)
+  train_lib.train(straight, strategy=strategy)
+  a, _ = export_lib.load_network(full.model_dir)
+  b, _ = export_lib.load_network(straight.model_dir)
+  for va, vb in zip(a.weights, b.weights):
+    np.testing.assert_allclose(va.numpy(), vb.numpy(), atol=1e-5)
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  train_lib.train(_config(tmp_path, max_steps=2, export=False), strategy=strategy)
+  # Same model_dir, other model: flags.json says so before any restore is tried.
+  with pytest.raises(UserError, match='model=cnn-cpu, not wrn-16-4'):
+    train_lib.train(_config(tmp_path, model='wrn-16-4', export=False), strategy=strategy)
+  # Without flags.json the checkpoint itself does not match.
+  os.remove(os.path.join(str(tmp_path / 'run'), 'flags.json'))
+  with pytest.raises(UserError, match='does not match'):
+    train_lib.train(_config(tmp_path, model='wrn-16-4', export=False), strategy=strategy)
+
+
+def test_export_round_trip(tmp_path):
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  config = _config(tmp_path, max_steps=6)
+  result = train_lib.train(config, strategy=strategy)
+  export_dir = result['export_dir']
+  assert os.path.isdir(export_dir)
+  assert not [d for d in os.listdir(config.model_dir) if d.startswith('.export')]
+  loaded = tf.saved_model.load(export_dir)
+  serve = loaded.signatures['serving_default']
+  network, spec = export_lib.load_network(config.model_dir)
+  x = np.random.RandomState(0).rand(5, 8, 8, 3).astype(np.float32)
+  out = serve(images=tf.constant(x))
+  expected = network(x, training=False)['logits'].numpy()
+  np.testing.assert_allclose(out['logits'].numpy(), expected, atol=1e-5)
+  np.testing.assert_allclose(out['probabilities'].numpy().sum(1), 1.0, rtol=1e-5)
+  assert spec['num_classes'] == 10
+  with open(os.path.join(config.model_dir, 'result.json')) as f:
+    assert json.load(f)['export_dir'] == export_dir
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
+  from agkd_tf.methods import natural  # pylint: disable=g-import-not-at-top
+  original = natural.Natural.compute_losses
+
+  def poisoned(self, images, labels):
+    terms, predictions = original(self, images, labels)
+    # From the 7th step on (iterations counts finished steps), the loss is NaN.
+    bad = tf.cast(self.optimizer.iterations >= 6, tf.float32)
+    terms['loss'] = tf.where(bad > 0, tf.constant(float('nan')), terms['loss'])
+    return terms, predictions
+
+  monkeypatch.setattr(natural.Natural, 'compute_losses', poisoned)
+  config = _config(tmp_path, export=False)
+  with pytest.raises(UserError, match=r'non-finite at step 7.*ckpt-5'):
+    train_lib.train(config, strategy=tf.distribute.OneDeviceStrategy('/cpu:0'))
+  latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, 'checkpoints'))
+  assert latest.endswith('-5')
+  assert not os.path.exists(os.path.join(config.model_dir, 'result.json'))
