@@ -1,0 +1,458 @@
+"""Robustness evaluation that checks itself: white-box attacks, AutoAttack, integrity checks and
+gradient-masking diagnostics.
+
+Many defences look robust only because their gradients are masked (Athalye et al., ICML 2018;
+Croce & Hein, ICML 2020: Feature Scattering and Bilateral lose 24 to 29 points under AutoAttack).
+`evaluate(config)` therefore does more than run attacks:
+
+- Integrity, on every adversarial batch: ||x_adv - x||_inf <= eps + 1e-6, x_adv in [0, 1] and
+  finite. The model is always run in inference mode and every attack is given the true labels
+  (no label leaking). A violation raises `IntegrityError`; it never becomes a silent number.
+- AutoAttack (our native TF2 port, `attacks.autoattack`) beside the paper's attacks.
+- Masking diagnostics, printed and saved in the report: AA far below PGD-20; PGD-20 with restarts
+  or PGD-100 far below PGD-20; a black-box attack (transfer, or Square inside AA) stronger than the
+  white-box ones; robust accuracy not decreasing as eps grows; outputs that change across passes.
+
+The result is one row in the layout of the AGKD-BML paper's Table 1 plus an AA column, written to
+`eval.json` and `eval.md` (and TensorBoard scalars when evaluating a training run).
+"""
+
+import dataclasses
+import os
+import time
+from typing import Optional, Sequence
+
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from agkd_tf import attacks as attacks_lib
+from agkd_tf import data as data_lib
+from agkd_tf import export_lib
+from agkd_tf import io_utils
+from agkd_tf.errors import UserError
+
+TABLE_COLUMNS = (('clean', 'clean'), ('fgsm', 'FGSM'), ('bim10', 'BIM(10)'), ('pgd10', 'PGD(10)'),
+                 ('pgd20', 'PGD(20)'), ('cw10', 'CW(10)'), ('cw20', 'CW(20)'),
+                 ('mim40', 'MIM(40)'), ('aa', 'AA'))
+DEFAULT_ATTACKS = tuple(c for c, _ in TABLE_COLUMNS)
+# How far below PGD-20 a stronger attack may land before we call the numbers suspicious
+# (percentage points). For models without masking, AA is typically 1-4 points below PGD-20.
+MASKING_GAP = 5.0
+RESTART_GAP = 3.0
+
+
+class IntegrityError(RuntimeError):
+  """An adversarial batch broke the threat model; the evaluation must not report it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """What to evaluate and how; the flags of `python -m agkd_tf.evaluate` map onto it."""
+  model_dir: Optional[str] = None
+  saved_model: Optional[str] = None
+  dataset: Optional[str] = None
+  data_dir: Optional[str] = None
+  attacks: Sequence[str] = DEFAULT_ATTACKS
+  eps: float = 8 / 255
+  num_examples: int = 1000
+  aa_examples: int = 0
+  batch_size: int = 256
+  seed: int = 0
+  attack_backend: str = 'native'
+  output_dir: Optional[str] = None
+  masking_checks: bool = True
+  eps_sweep: Sequence[float] = (2 / 255, 4 / 255, 8 / 255, 16 / 255)
+  knn: bool = False
+  knn_k: int = 50
+  knn_train_examples: int = 0
+  tsne: bool = False
+  transfer_from: Optional[str] = None
+  verbose: int = 1
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A model under evaluation: logits (and embeddings for our runs) in inference mode."""
+  name: str
+  logits_fn: object
+  input_shape: tuple
+  num_classes: int
+  embedding_fn: Optional[object] = None
+  dataset: Optional[str] = None
+  step: int = 0
+  # The loaded SavedModel object: its variables are freed when nothing references it.
+  owner: Optional[object] = None
+
+
+def load_model(model_dir=None, saved_model=None):
+  """Loads a training run of ours or any SavedModel mapping [0, 1] NHWC images to logits.
+
+  Raises:
+    UserError: neither or both given, unreadable, wrong input layout, or probability outputs.
+  """
+  if bool(model_dir) == bool(saved_model):
+    raise UserError('give exactly one of --model_dir (a run of ours) or --saved_model')
+  if model_dir:
+    network, spec = export_lib.load_network(model_dir)
+    step = 0
+    result_path = os.path.join(model_dir, 'result.json')
+    if os.path.isfile(result_path):
+      step = int(io_utils.read_json(result_path).get('steps', 0))
+    return LoadedModel(
+        name=os.path.basename(os.path.normpath(model_dir)),
+        logits_fn=lambda x: tf.cast(network(x, training=False)['logits'], tf.float32),
+        input_shape=tuple(spec['input_shape']), num_classes=int(spec['num_classes']),
+        embedding_fn=lambda x: tf.cast(network(x, training=False)['embedding'], tf.float32),
+        dataset=spec.get('dataset'), step=step)
+  return _load_saved_model(saved_model)
+
+
+def _load_saved_model(path):
+  if not os.path.isfile(os.path.join(path, 'saved_model.pb')):
+    raise UserError(f'{path} is not a SavedModel directory (no saved_model.pb)')
+  try:
+    loaded = tf.saved_model.load(path)
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f'{path}: the SavedModel cannot be loaded ({type(e).__name__})') from None
+  signature = getattr(loaded, 'signatures', {}).get('serving_default')
+  if signature is None:
+    raise UserError(f'{path} has no serving_default signature')
+  inputs = signature.structured_input_signature[1]
+  if len(inputs) != 1:
+    raise UserError(f'{path}: serving_default must take one image tensor, takes '
+                    f'{sorted(inputs)}')
+  input_name, spec = next(iter(inputs.items()))
+  shape = spec.shape
+  if shape.rank != 4 or shape[-1] not in (1, 3) or spec.dtype != tf.float32:
+    raise UserError(f'{path}: serving_default must take float32 NHWC images, takes '
+                    f'{spec.dtype.name} {shape}')
+  outputs = signature.structured_outputs
+  out_name = 'logits' if 'logits' in outputs else (next(iter(outputs)) if len(outputs) == 1
+                                                     else None)
+  if out_name is None:
+    raise UserError(f'{path}: serving_default must return "logits" (or a single output), returns '
+                    f'{sorted(outputs)}')
+
+  def logits_fn(x):
+    return tf.cast(signature(**{input_name: x})[out_name], tf.float32)
+
+  h, w, c = shape[1], shape[2], shape[3]
+  probe = tf.random.stateless_uniform([4, h or 32, w or 32, c], [0, 1])
+  out = logits_fn(probe).numpy()
+  if out.ndim != 2:
+    raise UserError(f'{path}: "{out_name}" must be [batch, classes], got {list(out.shape)}')
+  if out.min() >= 0 and out.max() <= 1 and np.allclose(out.sum(1), 1, atol=1e-3):
+    raise UserError(f'{path}: "{out_name}" looks like probabilities (rows sum to 1); the '
+                    'evaluation needs logits, or the attacks\' losses are wrong')
+  return LoadedModel(name=os.path.basename(os.path.normpath(path)), logits_fn=logits_fn,
+                     input_shape=(h, w, c), num_classes=int(out.shape[1]), owner=loaded)
+
+
+def _check_batch(x, x_adv, eps, name):
+  """Integrity of one adversarial batch (numpy arrays)."""
+  if not np.isfinite(x_adv).all():
+    raise IntegrityError(f'{name}: adversarial images contain NaN or inf')
+  dev = float(np.abs(x_adv - x).max()) if x.size else 0.0
+  if dev > eps + 1e-6:
+    raise IntegrityError(f'{name}: ||x_adv - x||_inf = {dev:.6f} exceeds eps = {eps:.6f}')
+  if x_adv.size and (x_adv.min() < 0.0 or x_adv.max() > 1.0):
+    raise IntegrityError(f'{name}: adversarial images leave [0, 1] '
+                         f'([{x_adv.min():.6f}, {x_adv.max():.6f}])')
+  return dev
+
+
+def _cleverhans_attack(attack):
+  """The same attack through cleverhans 4, for `--attack_backend=cleverhans`."""
+  from cleverhans.tf2.attacks import basic_iterative_method as bim_lib  # pylint: disable=g-import-not-at-top
+  from cleverhans.tf2.attacks import fast_gradient_method as fgm_lib  # pylint: disable=g-import-not-at-top
+  from cleverhans.tf2.attacks import momentum_iterative_method as mim_lib  # pylint: disable=g-import-not-at-top
+  from cleverhans.tf2.attacks import projected_gradient_descent as pgd_lib  # pylint: disable=g-import-not-at-top
+
+  def cw_loss(labels, logits):  # cleverhans calls loss_fn(labels=..., logits=...).
+    return -attacks_lib.cw_margin_loss(logits, labels)
+
+  common = dict(norm=np.inf, clip_min=0.0, clip_max=1.0, sanity_checks=False)
+
+  def run(model_fn, x, y, eps, seed=None):
+    del seed  # cleverhans draws its own random start.
+    if attack.family == 'fgsm':
+      return fgm_lib.fast_gradient_method(model_fn, x, eps, y=y, **common)
+    if attack.family == 'bim':
+      return bim_lib.basic_iterative_method(model_fn, x, eps, attack.step_size, attack.steps,
+                                            y=y, rand_init=False, **common)
+    if attack.family in ('pgd', 'cw'):
+      extra = {'loss_fn': cw_loss} if attack.family == 'cw' else {}
+      return pgd_lib.projected_gradient_descent(model_fn, x, eps, attack.step_size, attack.steps,
+                                                y=y, rand_init=True, rand_minmax=eps, **extra,
+                                                **common)
+    if attack.family == 'mim':
+      return mim_lib.momentum_iterative_method(model_fn, x, eps, attack.step_size, attack.steps,
+                                               y=y, decay_factor=1.0, **common)
+    raise UserError(f'attack {attack.name} has no cleverhans counterpart')
+  return run
+
+
+class _Runner:
+  """Runs attacks batch by batch on fixed test images, with integrity checks and progress."""
+
+  def __init__(self, model, x, y, config):
+    self.model = model
+    self.x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    self.y = y.astype(np.int32)
+    self.config = config
+    self._compiled = {}
+
+  def _fn(self, attack, eps, backend):
+    key = (attack, float(eps), backend)
+    if key not in self._compiled:
+      run = attack if backend == 'native' else _cleverhans_attack(attack)
+      logits_fn = self.model.logits_fn
+
+      @tf.function(reduce_retracing=True)
+      def fn(x, y, seed):
+        x_adv = run(logits_fn, x, y, eps, seed=seed)
+        pred = tf.argmax(logits_fn(x_adv), axis=-1, output_type=tf.int32)
+        return x_adv, pred == y
+      self._compiled[key] = fn
+    return self._compiled[key]
+
+  def clean_correct(self):
+    preds = []
+    for i in range(0, len(self.y), self.config.batch_size):
+      logits = self.model.logits_fn(tf.constant(self.x[i:i + self.config.batch_size]))
+      preds.append(np.argmax(logits.numpy(), -1))
+    return np.concatenate(preds) == self.y
+
+  def attack(self, name, eps=None, seed_offset=0, backend=None, keep=False):
+    """Per-example correctness under attack `name` (and the adversarial images if `keep`)."""
+    eps = self.config.eps if eps is None else eps
+    attack = attacks_lib.get_attack(name)
+    fn = self._fn(attack, eps, backend or self.config.attack_backend)
+    bs = self.config.batch_size
+    n_batches = -(-len(self.y) // bs)
+    bar = keras.utils.Progbar(n_batches, verbose=1 if self.config.verbose else 0,
+                              unit_name='batch')
+    correct, advs, max_dev = [], [], 0.0
+    for b in range(n_batches):
+      x, y = self.x[b * bs:(b + 1) * bs], self.y[b * bs:(b + 1) * bs]
+      seed = tf.constant([self.config.seed + seed_offset, b], tf.int32)
+      x_adv, ok = fn(tf.constant(x), tf.constant(y), seed)
+      x_adv = x_adv.numpy()
+      max_dev = max(max_dev, _check_batch(x, x_adv, eps, name))
+      correct.append(ok.numpy())
+      if keep:
+        advs.append(x_adv)
+      bar.update(b + 1)
+    correct = np.concatenate(correct)
+    return (correct, np.concatenate(advs) if keep else None), max_dev
+
+
+def _pct(v):
+  return None if v is None else 100.0 * float(v)
+
+
+def _masking_flags(acc, extra):
+  """Gradient-masking diagnostics from accuracies in percent."""
+  flags = []
+  pgd20 = acc.get('pgd20')
+  if pgd20 is not None and acc.get('aa') is not None and acc['aa'] < pgd20 - MASKING_GAP:
+    flags.append(f'AutoAttack ({acc["aa"]:.2f}%) is {pgd20 - acc["aa"]:.2f} points below PGD-20 '
+                 f'({pgd20:.2f}%): PGD is being fooled, a sign of gradient masking')
+  for key, label in (('pgd20_restarts', 'PGD-20 with 5 restarts'), ('pgd100', 'PGD-100')):
+    value = extra.get(key, acc.get(key))
+    if pgd20 is not None and value is not None and value < pgd20 - RESTART_GAP:
+      flags.append(f'{label} ({value:.2f}%) is {pgd20 - value:.2f} points below PGD-20: a single '
+                   'PGD-20 run is far from converged (masked or noisy gradients)')
+  white = [acc[k] for k in ('fgsm', 'bim10', 'pgd10', 'pgd20', 'cw10', 'cw20', 'mim40')
+           if acc.get(k) is not None]
+  if white and extra.get('transfer_pgd20') is not None and extra['transfer_pgd20'] < min(white):
+    flags.append(f'the black-box transfer attack ({extra["transfer_pgd20"]:.2f}%) beats every '
+                 f'white-box attack (best {min(white):.2f}%): white-box gradients are masked')
+  for warning in extra.get('aa_warnings', []):
+    if 'square' in warning.lower():
+      flags.append(f'AutoAttack: {warning}')
+  sweep = extra.get('eps_sweep')
+  if sweep:
+    values = [v for _, v in sorted(sweep.items(), key=lambda kv: float(kv[0]))]
+    if any(b > a + 1.0 for a, b in zip(values, values[1:])):
+      flags.append('PGD-20 accuracy does not decrease as eps grows '
+                   f'({", ".join(f"{v:.1f}%" for v in values)}): masked gradients')
+    if values and values[-1] > 10.0:
+      flags.append(f'PGD-20 accuracy at the largest eps is still {values[-1]:.1f}%: an unbounded '
+                   'attack should approach 0%')
+  if extra.get('random_outputs'):
+    flags.append('the model gives different outputs for the same input across passes '
+                 '(randomised defence): use EOT attacks (AutoAttack version=rand)')
+  return flags
+
+
+def _eps_plot(sweep, path, title):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  items = sorted((float(k), v) for k, v in sweep.items())
+  fig, ax = plt.subplots(figsize=(4.5, 3.2))
+  ax.plot([k * 255 for k, _ in items], [v for _, v in items], 'o-')
+  ax.set_xlabel('eps (x/255)')
+  ax.set_ylabel('PGD-20 accuracy (%)')
+  ax.set_ylim(0, 100)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def table_row(name, accuracies):
+  """One Markdown row in Table 1's layout (percentages, '-' where not evaluated)."""
+  cells = [name] + ['-' if accuracies.get(k) is None else f'{accuracies[k]:.2f}'
+                    for k, _ in TABLE_COLUMNS]
+  return '| ' + ' | '.join(cells) + ' |'
+
+
+def table_header():
+  return ('| model | ' + ' | '.join(h for _, h in TABLE_COLUMNS) + ' |\n|' +
+          '---|' * (len(TABLE_COLUMNS) + 1))
+
+
+def _write_summaries(model_dir, values, step):
+  writer = tf.summary.create_file_writer(os.path.join(model_dir, 'summaries', 'eval'))
+  with writer.as_default(step=step):
+    for k, v in values.items():
+      if v is not None:
+        tf.summary.scalar(f'eval/{k}', v / 100.0)
+  writer.flush()
+
+
+def evaluate(config: EvalConfig):
+  """Evaluates a model; returns the report dict also written to eval.json.
+
+  Raises:
+    UserError: bad input; IntegrityError: an attack broke the threat model.
+  """
+  for name in config.attacks:
+    if name not in ('clean', 'aa'):
+      attacks_lib.get_attack(name)  # Unknown names fail before any work.
+  if config.attack_backend not in ('native', 'cleverhans'):
+    raise UserError(f'unknown attack backend "{config.attack_backend}"; valid: native, '
+                    'cleverhans')
+  if not 0 < config.eps <= 0.5:
+    raise UserError(f'eps={config.eps} must lie in (0, 0.5] in pixel units (8/255 = 0.0314)')
+  model = load_model(config.model_dir, config.saved_model)
+  if config.knn and model.embedding_fn is None:
+    raise UserError('--knn needs embeddings, which only a --model_dir run of ours provides')
+  if config.tsne and model.embedding_fn is None:
+    raise UserError('--tsne needs embeddings, which only a --model_dir run of ours provides')
+  dataset = config.dataset or model.dataset
+  if not dataset:
+    raise UserError('--dataset is required with --saved_model')
+  output_dir = config.output_dir or (os.path.join(config.model_dir, 'eval') if config.model_dir
+                                     else None)
+  if not output_dir:
+    raise UserError('--output_dir is required with --saved_model')
+  splits = data_lib.load(dataset, config.data_dir, config.knn_train_examples if config.knn else 1,
+                         config.num_examples, config.seed)
+  if tuple(splits.image_shape) != tuple(d for d in model.input_shape):
+    if None not in model.input_shape:
+      raise UserError(f'the model takes {model.input_shape} images but {dataset} has '
+                      f'{splits.image_shape}')
+  io_utils.make_writable_dir(output_dir, '--output_dir')
+
+  runner = _Runner(model, splits.x_test, splits.y_test, config)
+  log = print if config.verbose else logging.info
+  acc, times, extra, max_dev = {}, {}, {}, {}
+  clean = runner.clean_correct()
+  acc['clean'] = _pct(clean.mean())
+  if config.masking_checks:
+    extra['random_outputs'] = not np.array_equal(clean, runner.clean_correct()) or not np.allclose(
+        model.logits_fn(tf.constant(runner.x[:16])).numpy(),
+        model.logits_fn(tf.constant(runner.x[:16])).numpy(), atol=1e-5)
+  log(f'clean: {acc["clean"]:.2f}% on {len(runner.y)} test images')
+  adversarial = {}
+  for name in config.attacks:
+    if name in ('clean', 'aa'):
+      continue
+    start = time.perf_counter()
+    log(f'{name}:')
+    (correct, x_adv), max_dev[name] = runner.attack(name, keep=name == 'pgd20')
+    if x_adv is not None:
+      adversarial[name] = x_adv
+    times[name] = time.perf_counter() - start
+    acc[name] = _pct(correct.mean())
+    log(f'{name}: {acc[name]:.2f}% ({times[name]:.1f} s)')
+  if 'aa' in config.attacks:
+    from agkd_tf.attacks import autoattack  # pylint: disable=g-import-not-at-top
+    n = config.aa_examples or len(runner.y)
+    aa = autoattack.AutoAttack(model.logits_fn, config.eps, seed=config.seed,
+                               log=log if config.verbose else None)
+    start = time.perf_counter()
+    x_aa, report = aa.run(runner.x[:n], runner.y[:n], batch_size=config.batch_size)
+    _check_batch(runner.x[:n], x_aa, config.eps, 'aa')
+    times['aa'] = time.perf_counter() - start
+    acc['aa'] = _pct(report['final_robust_accuracy'])
+    extra['aa'] = {k: report[k] for k in ('robust_accuracy', 'attacked', 'flipped', 'time_s',
+                                          'warnings', 'skipped', 'max_perturbation')}
+    extra['aa_examples'] = n
+    extra['aa_warnings'] = report['warnings']
+  if config.masking_checks and 'pgd20' in config.attacks:
+    worst = None
+    for r in range(5):
+      (correct, _), _ = runner.attack('pgd20', seed_offset=1000 + r)
+      worst = correct if worst is None else worst & correct
+    extra['pgd20_restarts'] = _pct(worst.mean())
+    sweep = {}
+    for e in config.eps_sweep:
+      (correct, _), _ = runner.attack('pgd20', eps=e)
+      sweep[f'{e:.6f}'] = _pct(correct.mean())
+    extra['eps_sweep'] = sweep
+    _eps_plot(sweep, os.path.join(output_dir, 'eps_sweep.png'), model.name)
+  if config.transfer_from:
+    source = load_model(*((config.transfer_from, None) if os.path.isfile(
+        os.path.join(config.transfer_from, 'model_spec.json')) else (None, config.transfer_from)))
+    source_runner = _Runner(source, splits.x_test, splits.y_test, config)
+    (_, x_src), _ = source_runner.attack('pgd20', keep=True)
+    preds = np.concatenate([np.argmax(model.logits_fn(tf.constant(x_src[i:i + 256])).numpy(), -1)
+                            for i in range(0, len(x_src), 256)])
+    extra['transfer_pgd20'] = _pct((preds == runner.y).mean())
+    extra['transfer_source'] = config.transfer_from
+  if config.knn:
+    from agkd_tf import analysis  # pylint: disable=g-import-not-at-top
+    extra['knn'] = analysis.knn_table(model, splits, runner, adversarial.get('pgd20'),
+                                      config.knn_k, config.batch_size)
+  if config.tsne:
+    from agkd_tf import analysis  # pylint: disable=g-import-not-at-top
+    x_adv = adversarial.get('pgd20')
+    if x_adv is None:
+      (_, x_adv), _ = runner.attack('pgd20', keep=True)
+    extra['tsne'] = analysis.tsne_figures(model, runner.x, runner.y, x_adv, splits.class_names,
+                                          output_dir, config.seed)
+  flags = _masking_flags(acc, extra) if config.masking_checks else []
+  for flag in flags:
+    log(f'WARNING (gradient masking?): {flag}')
+  result = {
+      'model': model.name, 'model_dir': config.model_dir, 'saved_model': config.saved_model,
+      'dataset': dataset, 'eps': config.eps, 'num_examples': len(runner.y),
+      'attack_backend': config.attack_backend, 'seed': config.seed, 'accuracy': acc,
+      'seconds': times, 'max_perturbation': max_dev, 'masking_flags': flags, **extra,
+  }
+  io_utils.write_json_atomic(os.path.join(output_dir, 'eval.json'), result)
+  md = [f'# Evaluation of {model.name}', '',
+        f'{dataset}, eps = {config.eps * 255:.1f}/255, {len(runner.y)} class-balanced test images'
+        + (f', AA on the first {extra["aa_examples"]}' if 'aa_examples' in extra else '') +
+        f', {config.attack_backend} attacks. Accuracy in %.', '', table_header(),
+        table_row(model.name, acc), '']
+  if 'aa' in extra:
+    md += ['AutoAttack components (points each removed):', '']
+    md += [f'- {k}: {v} of {extra["aa"]["attacked"].get(k, 0)} attacked, '
+           f'{extra["aa"]["time_s"].get(k, 0):.1f} s' for k, v in extra['aa']['flipped'].items()]
+    md.append('')
+  md += ['Gradient-masking diagnostics: ' + ('none flagged.' if not flags else ''), '']
+  md += [f'- {f}' for f in flags]
+  with open(os.path.join(output_dir, 'eval.md.tmp'), 'w') as f:
+    f.write('\n'.join(md) + '\n')
+  os.replace(os.path.join(output_dir, 'eval.md.tmp'), os.path.join(output_dir, 'eval.md'))
+  if config.model_dir:
+    _write_summaries(config.model_dir, acc, model.step)
+  return result

@@ -1,0 +1,130 @@
+r"""PGD-20 throughput: our compiled attack against cleverhans 4, and float32 against bfloat16.
+
+On the same network in the same process, alternating in rounds, at batch 256:
+- native float32 PGD-20 images/sec / cleverhans `projected_gradient_descent` images/sec
+  (goal >= 1.0: our machinery costs nothing);
+- native bfloat16 PGD-20 (the training-time `--attack_dtype=bfloat16`) / native float32.
+With --model_dir (a trained cnn-cpu run), it also reports how much the attack's strength changes
+in bfloat16: PGD-20 accuracy with float32 and with bfloat16 passes on the same test images.
+
+  python bench/attack_throughput.py [--models=cnn-cpu,wrn-16-4] [--model_dir=RUN]
+"""
+
+import os
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import agkd_tf  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+from cleverhans.tf2.attacks import projected_gradient_descent as ch_pgd  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from agkd_tf import attacks  # pylint: disable=g-import-not-at-top,wrong-import-position
+from agkd_tf import data  # pylint: disable=g-import-not-at-top,wrong-import-position
+from agkd_tf import export_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from agkd_tf import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bench import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+flags.DEFINE_list('models', ['cnn-cpu', 'wrn-16-4'], 'Networks to measure.')
+flags.DEFINE_integer('batch_size', 256, 'Batch size.')
+flags.DEFINE_integer('rounds', 3, 'Alternating rounds.')
+flags.DEFINE_integer('batches', 2, 'Timed batches per side and round.')
+flags.DEFINE_string('model_dir', None, 'A trained run for the bf16 strength comparison.')
+flags.DEFINE_integer('strength_examples', 1000, 'Test images for the strength comparison.')
+FLAGS = flags.FLAGS
+EPS, STEP, STEPS = 8 / 255, 2 / 255, 20
+
+
+def _fns(network):
+  def logits(x):
+    return network(x, training=False)['logits']
+
+  @tf.function(reduce_retracing=True)
+  def native(x, y, seed):
+    return attacks.pgd(logits, x, y, EPS, STEP, STEPS, seed=seed)
+
+  @tf.function(reduce_retracing=True)
+  def native_bf16(x, y, seed):
+    return attacks.pgd(logits, x, y, EPS, STEP, STEPS, seed=seed, dtype=tf.bfloat16)
+
+  @tf.function(reduce_retracing=True)
+  def cleverhans(x, y, seed):
+    del seed
+    return ch_pgd.projected_gradient_descent(logits, x, EPS, STEP, STEPS, np.inf, clip_min=0.0,
+                                             clip_max=1.0, y=y, rand_init=True, rand_minmax=EPS,
+                                             sanity_checks=False)
+  return {'native': native, 'native_bf16': native_bf16, 'cleverhans': cleverhans}
+
+
+def _time(fn, x, y):
+  fn(x, y, tf.constant([0, 0])).numpy()  # Trace outside the timed window.
+  start = time.perf_counter()
+  for b in range(FLAGS.batches):
+    fn(x, y, tf.constant([1, b])).numpy()
+  return FLAGS.batches * int(x.shape[0]) / (time.perf_counter() - start)
+
+
+def _strength(run_dir):
+  network, spec = export_lib.load_network(run_dir)
+  splits = data.load(spec['dataset'], train_examples=1, test_examples=FLAGS.strength_examples)
+  fns = _fns(network)
+  out = {}
+  for name in ('native', 'native_bf16'):
+    correct = 0
+    for i in range(0, len(splits.y_test), FLAGS.batch_size):
+      x = tf.constant(splits.x_test[i:i + FLAGS.batch_size], tf.float32) / 255.0
+      y = tf.constant(splits.y_test[i:i + FLAGS.batch_size])
+      x_adv = fns[name](x, y, tf.constant([7, i]))
+      pred = tf.argmax(network(x_adv, training=False)['logits'], -1, output_type=tf.int32)
+      correct += int(tf.reduce_sum(tf.cast(pred == y, tf.int32)))
+    out[name] = 100.0 * correct / len(splits.y_test)
+  return out, len(splits.y_test)
+
+
+def main(argv):
+  del argv
+  rng = np.random.RandomState(0)
+  rows = []
+  for name in FLAGS.models:
+    network = models.build(name, (32, 32, 3), 10)
+    fns = _fns(network)
+    x = tf.constant(rng.rand(FLAGS.batch_size, 32, 32, 3).astype(np.float32))
+    y = tf.constant(rng.randint(0, 10, FLAGS.batch_size).astype(np.int32))
+    speeds = {k: [] for k in fns}
+    for r in range(FLAGS.rounds):
+      order = list(fns) if r % 2 == 0 else list(reversed(list(fns)))
+      for k in order:
+        speeds[k].append(_time(fns[k], x, y))
+      print(f'{name} round {r}: ' + ', '.join(f'{k} {v[-1]:.1f} img/s' for k, v in
+                                            speeds.items()), flush=True)
+    ratio_ch = [a / b for a, b in zip(speeds['native'], speeds['cleverhans'])]
+    ratio_bf = [a / b for a, b in zip(speeds['native_bf16'], speeds['native'])]
+    rows.append({'model': name, 'batch': FLAGS.batch_size,
+                 'native_img_s': statistics.median(speeds['native']),
+                 'cleverhans_img_s': statistics.median(speeds['cleverhans']),
+                 'native_bf16_img_s': statistics.median(speeds['native_bf16']),
+                 'native_vs_cleverhans': statistics.median(ratio_ch),
+                 'bf16_vs_fp32': statistics.median(ratio_bf)})
+  notes = (f'PGD-20 (eps 8/255, step 2/255, random start), batch {FLAGS.batch_size}, '
+           f'{FLAGS.batches} timed batches per side, {FLAGS.rounds} alternating rounds, medians. '
+           'Goal: native/cleverhans >= 1.0.')
+  if FLAGS.model_dir:
+    strength, n = _strength(FLAGS.model_dir)
+    notes += (f' Attack strength on {n} test images of {FLAGS.model_dir}: PGD-20 accuracy '
+              f'{strength["native"]:.2f}% with float32 passes, {strength["native_bf16"]:.2f}% '
+              'with bfloat16 passes.')
+  common.write('attack_throughput', rows,
+               [('model', 'model'), ('batch', 'batch'), ('native img/s', 'native_img_s'),
+                ('cleverhans img/s', 'cleverhans_img_s'), ('bf16 img/s', 'native_bf16_img_s'),
+                ('native / cleverhans', 'native_vs_cleverhans'), ('bf16 / fp32', 'bf16_vs_fp32')],
+               notes=notes)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,162 @@
+"""Tests of the evaluator: the report, integrity checks, SavedModels, masking flags, k-NN, t-SNE."""
+
+import json
+import os
+
+import pytest
+import tensorflow as tf
+
+from agkd_tf import attacks as attacks_lib
+from agkd_tf import evaluate_lib
+from agkd_tf import report
+from agkd_tf import train_lib
+from agkd_tf.errors import UserError
+from tests import conftest
+
+
+@pytest.fixture(scope='module')
+def trained_run(tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp('eval') / 'run')
+  config = train_lib.TrainConfig(model_dir=model_dir, dataset='synthetic:8', train_examples=256,
+                                 test_examples=60, model='cnn-cpu', epochs=5, batch_size=32,
+                                 lr=0.05, lr_schedule='constant', eval_attack_steps=0,
+                                 verbose=0, seed=0)
+  train_lib.train(config, strategy=tf.distribute.OneDeviceStrategy('/cpu:0'))
+  return model_dir
+
+
+def _config(model_dir, **overrides):
+  values = dict(model_dir=model_dir, attacks=('clean', 'fgsm', 'pgd5', 'cw5', 'mim5', 'aa'),
+                num_examples=40, aa_examples=20, batch_size=20, masking_checks=False, verbose=0)
+  values.update(overrides)
+  return evaluate_lib.EvalConfig(**values)
+
+
+def test_evaluation_report(trained_run):
+  result = evaluate_lib.evaluate(_config(trained_run))
+  acc = result['accuracy']
+  assert acc['clean'] > 50.0
+  for name in ('fgsm', 'pgd5', 'cw5', 'mim5', 'aa'):
+    assert 0.0 <= acc[name] <= acc['clean'] + 1e-9
+  # Attacks hurt an undefended model, and AutoAttack is at least about as strong as PGD.
+  assert acc['pgd5'] < acc['clean'] - 10.0
+  assert acc['aa'] <= min(acc['pgd5'], acc['cw5']) + 5.0
+  assert set(result['aa']['flipped']) == {'apgd-ce', 'apgd-t', 'fab-t', 'square'}
+  assert all(d <= 8 / 255 + 1e-6 for d in result['max_perturbation'].values())
+  with open(os.path.join(trained_run, 'eval', 'eval.json')) as f:
+    assert json.load(f)['accuracy'] == acc
+  with open(os.path.join(trained_run, 'eval', 'eval.md')) as f:
+    text = f.read()
+  assert '| PGD(20) |' in text and 'AutoAttack components' in text
+
+
+def test_cleverhans_backend_agrees_on_deterministic_attacks(trained_run, tmp_path):
+  native = evaluate_lib.evaluate(_config(trained_run, attacks=('clean', 'fgsm', 'bim5', 'mim5'),
+                                         output_dir=str(tmp_path / 'n')))
+  ch = evaluate_lib.evaluate(_config(trained_run, attacks=('clean', 'fgsm', 'bim5', 'mim5'),
+                                     attack_backend='cleverhans', output_dir=str(tmp_path / 'c')))
+  assert native['accuracy'] == ch['accuracy']
+
+
+def test_an_attack_leaving_the_eps_ball_is_an_error(trained_run, tmp_path, monkeypatch):
+  real = attacks_lib.get_attack
+
+  class Cheat:
+
+    def __init__(self, attack):
+      self.attack = attack
+
+    def __call__(self, model_fn, x, y, eps, seed=None):
+      return tf.clip_by_value(self.attack(model_fn, x, y, eps, seed=seed) + 2 * eps, 0.0, 1.0)
+
+  monkeypatch.setattr(attacks_lib, 'get_attack', lambda name: Cheat(real(name)))
+  with pytest.raises(evaluate_lib.IntegrityError, match='exceeds eps'):
+    evaluate_lib.evaluate(_config(trained_run, attacks=('clean', 'pgd5'),
+                                  output_dir=str(tmp_path / 'o')))
+  assert not os.path.exists(tmp_path / 'o' / 'eval.json')
+
+
+def test_saved_model_bring_your_own(trained_run, tmp_path):
+  result = evaluate_lib.evaluate(_config(None, saved_model=os.path.join(trained_run, 'export'),
+                                         dataset='synthetic:8', attacks=('clean', 'pgd5'),
+                                         output_dir=str(tmp_path / 'sm')))
+  assert result['accuracy']['clean'] > 50.0
+
+
+def _save(module, path, shape):
+  sig = tf.function(module.__call__, input_signature=[tf.TensorSpec(shape, tf.float32)])
+  tf.saved_model.save(module, path, signatures={'serving_default': sig})
+
+
+class _Probabilities(tf.Module):
+
+  def __init__(self):
+    super().__init__()
+    self.w = tf.Variable(tf.random.stateless_normal([8 * 8 * 3, 10], [1, 2]))
+
+  def __call__(self, x):
+    return {'probs': tf.nn.softmax(tf.reshape(x, [-1, 8 * 8 * 3]) @ self.w)}
+
+
+def test_saved_model_with_probabilities_or_wrong_input_is_refused(tmp_path):
+  _save(_Probabilities(), str(tmp_path / 'p'), [None, 8, 8, 3])
+  with pytest.raises(UserError, match='looks like probabilities'):
+    evaluate_lib.load_model(saved_model=str(tmp_path / 'p'))
+  flat = _Probabilities()
+  flat_sig = tf.function(lambda x: {'logits': x @ flat.w},
+                         input_signature=[tf.TensorSpec([None, 192], tf.float32)])
+  tf.saved_model.save(flat, str(tmp_path / 'flat'), signatures={'serving_default': flat_sig})
+  with pytest.raises(UserError, match='NHWC'):
+    evaluate_lib.load_model(saved_model=str(tmp_path / 'flat'))
+
+
+def test_masking_flags():
+  honest = {'clean': 80.0, 'pgd20': 45.0, 'cw20': 44.0, 'aa': 42.0}
+  assert not evaluate_lib._masking_flags(honest, {'eps_sweep': {'0.01': 60.0, '0.03': 45.0,
+                                                                 '0.06': 5.0}})
+  masked = {'clean': 80.0, 'pgd20': 60.0, 'cw20': 58.0, 'aa': 33.0}
+  flags = evaluate_lib._masking_flags(masked, {
+      'pgd20_restarts': 50.0, 'transfer_pgd20': 40.0,
+      'eps_sweep': {'0.01': 61.0, '0.03': 60.0, '0.06': 62.0}, 'random_outputs': True})
+  text = ' '.join(flags)
+  for needle in ('AutoAttack (33.00%)', 'restarts', 'black-box', 'does not decrease',
+                 'still 62.0%', 'randomised'):
+    assert needle in text
+
+
+def test_knn_tsne_and_masking_outputs(trained_run, tmp_path):
+  result = evaluate_lib.evaluate(_config(
+      trained_run, attacks=('clean', 'pgd20'), knn=True, knn_train_examples=100, tsne=True,
+      masking_checks=True, eps_sweep=(2 / 255, 8 / 255), output_dir=str(tmp_path / 'k')))
+  knn = result['knn']
+  assert knn['k'] == 50 and knn['train_examples'] == 100
+  assert abs(knn['clean']['softmax'] - result['accuracy']['clean']) < 1e-9
+  assert 0 <= knn['pgd20']['knn'] <= 100
+  assert os.path.isfile(tmp_path / 'k' / 'eps_sweep.png')
+  assert os.path.isfile(tmp_path / 'k' / 'tsne_grid.png')
+  assert len(result['tsne']) == 11  # The grid plus one figure per class.
+  assert set(result['eps_sweep']) == {f'{2 / 255:.6f}', f'{8 / 255:.6f}'}
+
+
+def test_report_merges_runs(trained_run, tmp_path):
+  other = tmp_path / 'other' / 'eval'
+  os.makedirs(other)
+  with open(other / 'eval.json', 'w') as f:
+    json.dump({'accuracy': {'clean': 90.0, 'pgd20': 1.0}, 'masking_flags': ['x']}, f)
+  evaluate_lib.evaluate(_config(trained_run, attacks=('clean', 'pgd5')))
+  table = report.merge([trained_run, str(tmp_path / 'other')])
+  lines = table.splitlines()
+  assert lines[0].startswith('| model | clean | FGSM |')
+  assert lines[2].startswith('| run |') and lines[3].startswith('| other | 90.00 |')
+  assert '- other: x' in table
+
+
+def test_evaluate_binary_bad_input(tmp_path):
+  proc = conftest.run_binary('evaluate', f'--model_dir={tmp_path}/none')
+  assert proc.returncode == 2 and 'not a training run directory' in proc.stderr
+  proc = conftest.run_binary('evaluate', f'--model_dir={tmp_path}', '--attacks=pgd',
+                             '--saved_model=x')
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith('error: ')
+
+
