@@ -189,12 +189,16 @@ def build_method(config, splits, strategy, teacher=None):
 
 
 def make_step_fn(method, strategy, jit_compile):
-  """One distributed train step: `strategy.run` of the method's train_step, compiled."""
+  """One distributed train step on the next batch of an iterator, compiled.
+
+  As in Keras's own trainer, `next(iterator)` happens inside the traced function, so tf.data hands
+  the batch to the step without a round trip through Python tensors.
+  """
   replica_step = tf.function(method.train_step, jit_compile=jit_compile, reduce_retracing=True)
 
   @tf.function(reduce_retracing=True)
-  def step_fn(batch):
-    return strategy.run(replica_step, args=(batch,))
+  def step_fn(iterator):
+    return strategy.run(replica_step, args=(next(iterator),))
 
   return step_fn
 
@@ -303,9 +307,10 @@ def train(config: TrainConfig, strategy=None, splits=None):
     epoch_start = time.time()
     epoch_images = 0
     window_start, window_images = time.time(), 0
-    for batch in dist_ds:
+    iterator = iter(dist_ds)
+    for _ in range(epoch_steps - skip):
       t0 = time.time()
-      logs = {k: float(v) for k, v in _first_replica(step_fn(batch)).items()}
+      logs = {k: float(v) for k, v in _first_replica(step_fn(iterator)).items()}
       step += 1
       if not math.isfinite(logs[method.loss_terms[0]]):
         raise UserError(

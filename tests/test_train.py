@@ -50,11 +50,12 @@ def test_loss_goes_down_on_a_fixed_batch():
   _, method, _ = train_lib.build_method(config, splits, strategy)
   step = train_lib.make_step_fn(method, strategy, False)
   batch = (tf.constant(splits.x_train, tf.float32) / 255.0, tf.constant(splits.y_train))
+  batches = iter(tf.data.Dataset.from_tensors(batch).repeat())
   losses = []
   for _ in range(15):
     for m in method.metrics:
       m.reset_state()
-    losses.append(float(step(batch)['loss']))
+    losses.append(float(step(batches)['loss']))
   assert losses[-1] < 0.5 * losses[0]
 
 
@@ -66,11 +67,13 @@ def _train_steps(strategy, make_network, batches, lr=0.1):
     method.compile(optimizer=opt)
     opt.build(network.trainable_variables)
   step = train_lib.make_step_fn(method, strategy, False)
-  for batch in batches:
-    if strategy.num_replicas_in_sync > 1:
-      batch = next(iter(strategy.experimental_distribute_dataset(
-          tf.data.Dataset.from_tensors(batch))))
-    step(batch)
+  ds = tf.data.Dataset.from_tensor_slices((tf.stack([b[0] for b in batches]),
+                                           tf.stack([b[1] for b in batches])))
+  if strategy.num_replicas_in_sync > 1:
+    ds = strategy.experimental_distribute_dataset(ds)
+  iterator = iter(ds)
+  for _ in batches:
+    step(iterator)
   return [v.numpy() for v in network.weights]
 
 
