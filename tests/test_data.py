@@ -186,3 +186,14 @@ def test_class_bank_draws_the_requested_classes():
   _, first = draw(tf.zeros([64], tf.int32)), None
   idx = bank.sample_indices(tf.zeros([64], tf.int32), rng.uniform([64]))
   assert len(np.unique(idx.numpy())) > 3
+
+
+def test_shared_cifar10_jpeg_folder(shared_cifar):
+  splits = data.load(f'folder:{shared_cifar}', train_examples=200, test_examples=100, seed=0)
+  assert splits.class_names[:3] == ['airplane', 'automobile', 'bird']
+  assert splits.x_train.shape == (200, 32, 32, 3) and splits.x_test.shape == (100, 32, 32, 3)
+  np.testing.assert_array_equal(np.bincount(splits.y_test), [10] * 10)
+  mean, std = splits.channel_stats()
+  # Real CIFAR-10 statistics (about 0.49, 0.48, 0.45 and 0.25, 0.24, 0.26).
+  np.testing.assert_allclose(mean, [0.49, 0.48, 0.45], atol=0.05)
+  np.testing.assert_allclose(std, [0.25, 0.24, 0.26], atol=0.04)
