@@ -70,8 +70,6 @@ def define_train_flags():
   define_fraction('step_size', 2 / 255, 'Attack step in pixel units, e.g. 2/255.')
   _eps_check('step_size')
   flags.DEFINE_integer('attack_steps', 10, 'Training-time attack steps (K).', lower_bound=0)
-  flags.DEFINE_enum('attack_dtype', 'float32', ['float32', 'bfloat16'],
-                    'Dtype of the training-time attack\'s forward/backward passes.')
   flags.DEFINE_integer('epochs', 200, 'Training epochs.', lower_bound=1)
   flags.DEFINE_integer('batch_size', 128, 'Global batch size (summed over replicas).')
   flags.register_validator('batch_size', lambda v: 1 <= v <= 65536,

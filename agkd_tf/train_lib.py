@@ -54,7 +54,6 @@ class TrainConfig:
   eps: float = 8 / 255
   step_size: float = 2 / 255
   attack_steps: int = 10
-  attack_dtype: str = 'float32'
   epochs: int = 200
   batch_size: int = 128
   lr: float = 0.1
@@ -174,7 +173,7 @@ def build_method(config, splits, strategy, teacher=None):
                            sync_bn=config.sync_bn)
     method_config = methods.MethodConfig(
         label_smoothing=config.label_smoothing, eps=config.eps, step_size=config.step_size,
-        attack_steps=config.attack_steps, attack_dtype=config.attack_dtype)
+        attack_steps=config.attack_steps)
     method = methods.build(config.method, network, splits.num_classes, method_config,
                            teacher=teacher, seed=config.seed)
     schedule = optim.EpochSchedule(config.lr, steps, config.lr_schedule, config.lr_decay_epochs,

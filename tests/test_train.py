@@ -163,3 +163,23 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, monkeypatch):
   latest = tf.train.latest_checkpoint(os.path.join(config.model_dir, 'checkpoints'))
   assert latest.endswith('-5')
   assert not os.path.exists(os.path.join(config.model_dir, 'result.json'))
+
+
+def test_madry_at_step_lowers_the_adversarial_loss():
+  splits = data.load('synthetic:8', None, 64, 16, 0)
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  config = train_lib.TrainConfig(model_dir='unused', model='cnn-cpu', method='at', lr=0.05,
+                                 lr_schedule='constant', epochs=1, batch_size=64, attack_steps=3)
+  _, method, _ = train_lib.build_method(config, splits, strategy)
+  x = tf.constant(splits.x_train, tf.float32) / 255.0
+  y = tf.constant(splits.y_train)
+  x_adv = method.adversarial(x, y)
+  assert float(tf.reduce_max(tf.abs(x_adv - x))) <= 8 / 255 + 1e-6
+  step = train_lib.make_step_fn(method, strategy, False)
+  batches = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+  losses = []
+  for _ in range(12):
+    for m in method.metrics:
+      m.reset_state()
+    losses.append(float(step(batches)['loss']))
+  assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])

@@ -4,9 +4,6 @@ The attack is PGD-K (K = 10 in the official CIFAR runs) with step 2/255 from a u
 start, ascending CE on the network in BN eval mode (`training=False`), given the true labels. The
 loss is CE on the adversarial examples only, with BN in train mode on x' alone, as the official
 code does. The adversarial batch is a constant for the weight update (`stop_gradient`).
-
-`attack_dtype` lets the training-time attack run its forward/backward passes in bfloat16 (the
-perturbation itself stays float32); evaluation attacks are always float32.
 """
 
 import tensorflow as tf
@@ -25,11 +22,10 @@ class MadryAT(base.Method):
   def adversarial(self, images, labels):
     """PGD-K examples on the network in BN eval mode, from a seeded random start."""
     config = self.config
-    dtype = tf.as_dtype(config.get('attack_dtype', 'float32'))
     seed = tf.cast(self.rng.make_seeds(1)[:, 0], tf.int32)
     return tf.stop_gradient(attacks.pgd(
         lambda x: self.network(x, training=False)['logits'], images, labels, config.eps,
-        config.step_size, config.attack_steps, random_start=True, seed=seed, dtype=dtype))
+        config.step_size, config.attack_steps, random_start=True, seed=seed))
 
   def compute_losses(self, images, labels):
     x_adv = self.adversarial(images, labels)
