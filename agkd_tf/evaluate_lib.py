@@ -404,6 +404,10 @@ def evaluate(config: EvalConfig):
     extra['pgd20_restarts'] = _pct(worst.mean())
     sweep = {}
     for e in config.eps_sweep:
+      if abs(e - config.eps) < 1e-12:
+        # The same attack, eps and seeds as the PGD-20 column: reuse it, do not run it again.
+        sweep[f'{e:.6f}'] = acc['pgd20']
+        continue
       (correct, _), _ = runner.attack('pgd20', eps=e)
       sweep[f'{e:.6f}'] = _pct(correct.mean())
     extra['eps_sweep'] = sweep
