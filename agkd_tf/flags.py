@@ -61,15 +61,38 @@ def define_train_flags():
   flags.DEFINE_string('model_dir', None, 'Run directory (checkpoints, summaries, export).')
   flags.DEFINE_string('model', 'wrn-28-10', 'Network of the model zoo.')
   flags.DEFINE_string('method', 'natural', 'Training method (defence).')
-  flags.DEFINE_float('label_smoothing', 0.0, 'Official label smoothing: 1 - s on the true '
-                     'class, s / (K - 1) on the others.')
-  flags.register_validator('label_smoothing', lambda v: 0.0 <= v < 1.0,
+  flags.DEFINE_float('label_smoothing', None, 'Official label smoothing: 1 - s on the true '
+                     'class, s / (K - 1) on the others (default: the method\'s official value, '
+                     '0.5 for agkd_bml, 0 otherwise).')
+  flags.register_validator('label_smoothing', lambda v: v is None or 0.0 <= v < 1.0,
                            message='--label_smoothing must lie in [0, 1)')
   define_fraction('eps', 8 / 255, 'L-inf budget in pixel units, e.g. 8/255.')
   _eps_check('eps')
   define_fraction('step_size', 2 / 255, 'Attack step in pixel units, e.g. 2/255.')
   _eps_check('step_size')
   flags.DEFINE_integer('attack_steps', 10, 'Training-time attack steps (K).', lower_bound=0)
+  # AGKD-BML (Wang et al., ICCV 2021) and its ablations.
+  flags.DEFINE_string('teacher_dir', None, 'AGKD-BML: a finished natural run whose network is '
+                      'the frozen teacher (and the student\'s initial weights).')
+  flags.DEFINE_enum('teacher', 'dir', ['dir', 'train'], 'AGKD-BML: "dir" uses --teacher_dir; '
+                    '"train" first trains a natural teacher in --teacher_dir (default: '
+                    'MODEL_DIR/teacher) with this run\'s data, model and optimiser, for '
+                    '--teacher_epochs with decays at 50% and 75% of them (200: 100, 150).')
+  flags.DEFINE_integer('teacher_epochs', 0, 'Epochs of a --teacher=train teacher (0: --epochs).',
+                       lower_bound=0)
+  flags.DEFINE_float('teacher_label_smoothing', 0.5, 'Label smoothing of a --teacher=train '
+                     'teacher (the official teacher uses 0.5).', lower_bound=0.0, upper_bound=0.99)
+  flags.DEFINE_bool('mart', True, 'AGKD-BML: add the MART BCE and weighted-KL terms.')
+  flags.DEFINE_float('mart_beta', 6.0, 'Weight of MART\'s KL term.', lower_bound=0.0)
+  flags.DEFINE_enum('attention', 'channel_sum',
+                    ['channel_sum', 'gradcam_orig', 'gradcam_false', 'cam_avg', 'none'],
+                    'AGKD-BML attention map distilled from the teacher (Table 3).')
+  flags.DEFINE_enum('metric', 'bml', ['bml', 'sml', 'none'], 'AGKD-BML metric learning: '
+                    'bi-directional, single-directional, or none (ablations).')
+  flags.DEFINE_float('metric_weight', 2.0, 'lambda1: weight of the triplet term.', lower_bound=0.0)
+  flags.DEFINE_float('margin', 0.03, 'Angular triplet margin.', lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_float('norm_weight', 0.001, 'lambda2: weight of the embedding-norm regulariser.',
+                     lower_bound=0.0)
   flags.DEFINE_integer('epochs', 200, 'Training epochs.', lower_bound=1)
   flags.DEFINE_integer('batch_size', 128, 'Global batch size (summed over replicas).')
   flags.register_validator('batch_size', lambda v: 1 <= v <= 65536,

@@ -40,3 +40,72 @@ def cross_entropy(logits, labels, num_classes=None, smoothing=0.0):
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
   k = num_classes or logits.shape[-1]
   return soft_cross_entropy(logits, smoothed_labels(labels, k, smoothing))
+
+
+def mart_terms(logits_clean, logits_adv, labels, beta=6.0):
+  """MART's boosted BCE and weighted KL, as the official `mart_loss` computes them.
+
+  Wang et al., "Improving Adversarial Robustness Requires Revisiting Misclassified Examples",
+  ICLR 2020 (YisenWang/MART). The constants 1.0001, 1e-12 and 1.0000001 are the official ones.
+  The CE on the adversarial logits is left to the caller (AGKD-BML uses LSCE there).
+
+  Args:
+    logits_clean: [B, K] logits of the clean images (BN train, not detached).
+    logits_adv: [B, K] logits of the adversarial images.
+    labels: [B] true labels.
+    beta: weight of the KL term.
+
+  Returns:
+    (bce, weighted_kl): two scalars, `bce + beta * weighted_kl`'s parts (beta already applied).
+  """
+  p_adv = tf.nn.softmax(tf.cast(logits_adv, tf.float32))
+  p_clean = tf.nn.softmax(tf.cast(logits_clean, tf.float32))
+  num_classes = tf.shape(p_adv)[-1]
+  # y' = the top adversarial class if it is not y, otherwise the runner-up.
+  top2 = tf.math.top_k(p_adv, 2).indices
+  wrong = tf.where(tf.equal(top2[:, 0], tf.cast(labels, tf.int32)), top2[:, 1], top2[:, 0])
+  p_wrong = tf.reduce_sum(p_adv * tf.one_hot(wrong, num_classes), axis=-1)
+  bce = tf.reduce_mean(-tf.math.log(1.0001 - p_wrong + 1e-12))
+  # PyTorch's KLDivLoss takes 0 * log 0 = 0; log_softmax gives the same without a NaN.
+  log_clean = tf.nn.log_softmax(tf.cast(logits_clean, tf.float32))
+  kl = tf.reduce_sum(p_clean * (log_clean - tf.math.log(p_adv + 1e-12)), axis=-1)
+  p_true = tf.reduce_sum(p_clean * tf.one_hot(labels, num_classes), axis=-1)
+  return bce, beta * tf.reduce_mean(kl * (1.0000001 - p_true))
+
+
+def min_max_normalise(maps):
+  """Per-example min-max normalisation over spatial positions: (a - min) / max(a - min).
+
+  Args:
+    maps: [B, H, W] attention maps.
+
+  Returns:
+    [B, H, W] maps in [0, 1]; an all-constant map becomes all zeros (the guarded division).
+  """
+  shifted = maps - tf.reduce_min(maps, axis=[1, 2], keepdims=True)
+  peak = tf.reduce_max(shifted, axis=[1, 2], keepdims=True)
+  return shifted / tf.maximum(peak, 1e-12)
+
+
+def angular_distance(a, b):
+  """D(a, b) = 1 - |cos(a, b)|, the cosine clamped to at most 1, per example ([B])."""
+  a = tf.math.l2_normalize(tf.cast(a, tf.float32), axis=-1, epsilon=1e-12)
+  b = tf.math.l2_normalize(tf.cast(b, tf.float32), axis=-1, epsilon=1e-12)
+  cos = tf.minimum(tf.reduce_sum(a * b, axis=-1), 1.0)
+  return 1.0 - tf.abs(cos)
+
+
+def angular_triplet(anchor, positive, negative, margin=0.03, norm_weight=0.001):
+  """The angular triplet loss of TLA and AGKD-BML, with its embedding-norm regulariser.
+
+  mean(max(0, margin + D(a, p) - D(a, n))) + norm_weight * (mean(a^2) + mean(p^2) + mean(n^2)),
+  the norm means element-wise over batch x features, as the official code computes them.
+
+  Returns:
+    A scalar.
+  """
+  hinge = tf.nn.relu(margin + angular_distance(anchor, positive)
+                     - angular_distance(anchor, negative))
+  norms = sum(tf.reduce_mean(tf.square(tf.cast(e, tf.float32)))
+              for e in (anchor, positive, negative))
+  return tf.reduce_mean(hinge) + norm_weight * norms

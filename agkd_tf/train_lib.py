@@ -50,10 +50,21 @@ class TrainConfig:
   test_examples: int = 0
   model: str = 'wrn-28-10'
   method: str = 'natural'
-  label_smoothing: float = 0.0
+  label_smoothing: Optional[float] = None  # None: the method's official default.
   eps: float = 8 / 255
   step_size: float = 2 / 255
   attack_steps: int = 10
+  teacher_dir: Optional[str] = None
+  teacher: str = 'dir'
+  teacher_epochs: int = 0
+  teacher_label_smoothing: float = 0.5
+  mart: bool = True
+  mart_beta: float = 6.0
+  attention: str = 'channel_sum'
+  metric: str = 'bml'
+  metric_weight: float = 2.0
+  margin: float = 0.03
+  norm_weight: float = 0.001
   epochs: int = 200
   batch_size: int = 128
   lr: float = 0.1
@@ -89,6 +100,11 @@ def _check_config(config):
   if config.strategy not in strategy_utils.STRATEGIES:
     raise UserError(f'unknown strategy "{config.strategy}"; valid: '
                     f'{", ".join(strategy_utils.STRATEGIES)}')
+  from agkd_tf.methods import agkd_bml  # pylint: disable=g-import-not-at-top
+  for name, valid in (('teacher', ('dir', 'train')), ('attention', agkd_bml.ATTENTIONS),
+                      ('metric', agkd_bml.METRICS)):
+    if getattr(config, name) not in valid:
+      raise UserError(f'unknown {name} "{getattr(config, name)}"; valid: {", ".join(valid)}')
   if config.lr_schedule not in ('piecewise', 'cosine', 'constant'):
     raise UserError(f'unknown lr schedule "{config.lr_schedule}"; valid: piecewise, cosine, '
                     'constant')
@@ -159,23 +175,74 @@ def _restore(checkpoint, manager, model_dir):
   return latest
 
 
+def _attention_summaries(method, summaries, images, labels, step):
+  """Per-epoch TensorBoard images of a method's attention maps on a fixed batch, if it has any."""
+  if not hasattr(method, 'attention_images'):
+    return
+  maps = method.attention_images(pipeline.to_float(tf.constant(images)),
+                                 tf.constant(labels, tf.int32))
+  with summaries.train.as_default(step=step):
+    for name, value in maps.items():
+      tf.summary.image(name, value, max_outputs=8)
+
+
 def _first_replica(values):
   strategy = tf.distribute.get_strategy()
   return {k: strategy.experimental_local_results(v)[0] for k, v in values.items()}
 
 
-def build_method(config, splits, strategy, teacher=None):
-  """Builds network, method and optimiser inside `strategy.scope()`."""
+def method_config(config, flip=True):
+  """The method hyper-parameters of a TrainConfig."""
+  smoothing = config.label_smoothing
+  if smoothing is None:
+    smoothing = methods.get(config.method).default_label_smoothing
+  return methods.MethodConfig(
+      label_smoothing=smoothing, flip=flip, eps=config.eps, step_size=config.step_size,
+      attack_steps=config.attack_steps, mart=config.mart, mart_beta=config.mart_beta,
+      attention=config.attention, metric=config.metric, metric_weight=config.metric_weight,
+      margin=config.margin, norm_weight=config.norm_weight)
+
+
+def load_teacher(teacher_dir, config, splits):
+  """The frozen teacher network of a finished run (call inside `strategy.scope()`)."""
+  from agkd_tf import export_lib  # pylint: disable=g-import-not-at-top
+  if not teacher_dir:
+    raise UserError(f'--method={config.method} needs a teacher: --teacher_dir=RUN (a natural '
+                    'run, e.g. from flags/cifar10_natural.cfg) or --teacher=train')
+  teacher, spec = export_lib.load_network(teacher_dir)
+  want = {'model': config.model, 'input_shape': list(splits.image_shape),
+          'num_classes': int(splits.num_classes)}
+  for key, value in want.items():
+    if spec.get(key) != value:
+      raise UserError(f'the teacher in {teacher_dir} has {key}={spec.get(key)}, but this run '
+                      f'needs {value}')
+  teacher.trainable = False
+  return teacher
+
+
+def build_method(config, splits, strategy, teacher_dir=None):
+  """Builds network, method and optimiser inside `strategy.scope()`.
+
+  Methods with `needs_teacher` get the frozen network of `teacher_dir` and start from its
+  weights; methods with `needs_class_bank` get the class-indexed bank of the training set.
+  """
   mean, std = splits.channel_stats()
   steps = pipeline.steps_per_epoch(len(splits.y_train), config.batch_size)
+  cls = methods.get(config.method)
   with strategy.scope():
     network = models.build(config.model, splits.image_shape, splits.num_classes, mean, std,
                            sync_bn=config.sync_bn)
-    method_config = methods.MethodConfig(
-        label_smoothing=config.label_smoothing, eps=config.eps, step_size=config.step_size,
-        attack_steps=config.attack_steps)
-    method = methods.build(config.method, network, splits.num_classes, method_config,
-                           teacher=teacher, seed=config.seed)
+    teacher = bank = None
+    if cls.needs_teacher(config):
+      teacher = load_teacher(teacher_dir or config.teacher_dir, config, splits)
+      # The student is initialised from the teacher (official AGKD-BML). Normalisation
+      # statistics are the teacher's too, so both see the same pixels.
+      network.set_weights(teacher.get_weights())
+    if cls.needs_class_bank(config):
+      bank = data_lib.ClassBank(splits.x_train, splits.y_train, splits.num_classes)
+    method = methods.build(config.method, network, splits.num_classes,
+                           method_config(config, splits.flip),
+                           teacher=teacher, class_bank=bank, seed=config.seed)
     schedule = optim.EpochSchedule(config.lr, steps, config.lr_schedule, config.lr_decay_epochs,
                                    config.lr_decay_factor, config.warmup_epochs, config.epochs)
     optimizer = optim.TorchSGD(schedule, config.momentum, config.nesterov, config.weight_decay,
@@ -232,16 +299,30 @@ def train(config: TrainConfig, strategy=None, splits=None):
                     f'of --batch_size={config.batch_size}')
   io_utils.make_writable_dir(model_dir)
 
+  strategy = strategy or strategy_utils.get_strategy(config.strategy)
+  teacher_dir = config.teacher_dir
+  if methods.get(config.method).needs_teacher(config) and config.teacher == 'train':
+    teacher_dir = os.path.abspath(teacher_dir or os.path.join(model_dir, 'teacher'))
+    logging.info('Training the natural teacher in %s first.', teacher_dir)
+    # A finished teacher returns at once, so a rerun of the command resumes the student.
+    # The teacher's own schedule: the official natural run decays at 50% and 75% of its epochs
+    # (100 and 150 of 200), whatever the student's schedule is.
+    epochs = config.teacher_epochs or config.epochs
+    train(dataclasses.replace(
+        config, model_dir=teacher_dir, method='natural', teacher_dir=None,
+        label_smoothing=config.teacher_label_smoothing, epochs=epochs,
+        lr_decay_epochs=(epochs // 2, epochs * 3 // 4), max_steps=0, eval_attack_steps=0,
+        export=False), strategy=strategy, splits=splits)
+
   keras.utils.set_random_seed(config.seed)
   keras.mixed_precision.set_global_policy(strategy_utils.resolve_precision(config.mixed_precision))
   jit = strategy_utils.resolve_jit(config.jit_compile)
-  strategy = strategy or strategy_utils.get_strategy(config.strategy)
   replicas = strategy.num_replicas_in_sync
   if config.batch_size % replicas:
     raise UserError(f'--batch_size={config.batch_size} must be divisible by the {replicas} '
                     'replicas')
   try:
-    network, method, optimizer = build_method(config, splits, strategy)
+    network, method, optimizer = build_method(config, splits, strategy, teacher_dir)
   finally:
     keras.mixed_precision.set_global_policy('float32')
 
@@ -342,6 +423,7 @@ def train(config: TrainConfig, strategy=None, splits=None):
     summary['epoch/images_per_sec'] = epoch_images / max(epoch_time, 1e-9)
     summary['epoch/seconds'] = epoch_time
     summaries.scalars(summaries.train, summary, step)
+    _attention_summaries(method, summaries, x_eval[:8], y_eval[:8], step)
     line = ' '.join(f'{k}={v:.4f}' for k, v in logs.items())
     message = (f'epoch {epoch + 1}/{config.epochs} step {step}: {line} '
                f'lr={float(optimizer.learning_rate):.5f} '

@@ -179,7 +179,7 @@ def uniform_start(x, eps, seed=None):
 
 
 def pgd(model_fn, x, y, eps, step_size, steps, random_start=True, loss='ce', targeted=False,
-        seed=None, dtype=tf.float32):
+        seed=None, dtype=tf.float32, start=None):
   """L-inf PGD; without a random start it is BIM.
 
   Args:
@@ -195,6 +195,8 @@ def pgd(model_fn, x, y, eps, step_size, steps, random_start=True, loss='ce', tar
     seed: optional int32 [2] stateless seed for the random start.
     dtype: the dtype the network is fed (e.g. tf.bfloat16 in training); the perturbation and the
       projection stay float32.
+    start: optional [B, H, W, C] starting point inside the eps ball of x, replacing the random or
+      clean start (AGKD-BML draws its starts per global batch so replicas agree).
 
   Returns:
     [B, H, W, C] float32 adversarial images, within the eps ball of x and in [0, 1], with no
@@ -204,7 +206,10 @@ def pgd(model_fn, x, y, eps, step_size, steps, random_start=True, loss='ce', tar
   x = tf.convert_to_tensor(x, tf.float32)
   rank = x.shape.rank
   step_size = per_example(step_size, rank)
-  x_adv = uniform_start(x, eps, seed) if random_start else x
+  if start is not None:
+    x_adv = tf.convert_to_tensor(start, tf.float32)
+  else:
+    x_adv = uniform_start(x, eps, seed) if random_start else x
 
   def body(i, x_adv):
     grad = loss_gradient(model_fn, x_adv, y, loss, targeted, dtype)

@@ -16,9 +16,12 @@ from agkd_tf.data import pipeline
 class ClassBank:
   """Training images grouped by class.
 
-  The images are held as one host tensor captured by reference in traced functions (not a graph
-  constant, which would be copied into every graph, and not a variable, which would be copied into
-  every checkpoint).
+  On the CPU the images are one host uint8 tensor captured by reference in traced functions (not
+  a graph constant, which would be copied into every graph). With GPUs they are a non-trainable
+  variable created in the current strategy scope, so MirroredStrategy keeps one copy on each GPU
+  and an XLA-compiled step reads it by handle; a captured host tensor would be copied to the device
+  on every step. It is stored as float16 (0..255 is exact in float16, and GPU gathers support
+  it). The bank is not a Keras layer, so it never enters checkpoints.
   """
 
   def __init__(self, images, labels, num_classes):
@@ -29,8 +32,16 @@ class ClassBank:
       raise ValueError(f'ClassBank: classes {missing} have no training images')
     order = np.argsort(labels, kind='stable')
     self.num_classes = num_classes
+    sorted_images = np.asarray(images)[order]
+    if tf.config.list_logical_devices('GPU'):
+      self.images = tf.Variable(sorted_images.astype(np.float16), trainable=False,
+                                name='class_bank_images')
+      self.scale = 1.0 / 255.0 if sorted_images.dtype == np.uint8 else 1.0
+    else:
+      with tf.device('/cpu:0'):
+        self.images = tf.constant(sorted_images)
+      self.scale = None  # pipeline.to_float decides from the dtype.
     with tf.device('/cpu:0'):
-      self.images = tf.constant(np.asarray(images)[order])
       self.labels = tf.constant(labels[order].astype(np.int32))
     self.offsets = tf.constant(np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32))
     self.counts = tf.constant(counts.astype(np.int32))
@@ -62,4 +73,11 @@ class ClassBank:
     """
     u = rng.uniform(tf.shape(classes)[:1], dtype=tf.float32)
     idx = self.sample_indices(classes, u)
-    return pipeline.to_float(tf.gather(self.images, idx)), tf.gather(self.labels, idx)
+    return self.gather_images(idx), tf.gather(self.labels, idx)
+
+  def gather_images(self, idx):
+    """Bank images at `idx` as float32 in [0, 1]."""
+    images = tf.gather(self.images, idx)
+    if self.scale is None:
+      return pipeline.to_float(images)
+    return tf.cast(images, tf.float32) * self.scale

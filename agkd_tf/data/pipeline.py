@@ -34,18 +34,33 @@ def augment_batch(images, seed, pad=4, flip=True):
     The augmented batch, same shape.
   """
   b = tf.shape(images)[0]
-  h, w = images.shape[1], images.shape[2]
-  padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
   seeds = tf.random.experimental.stateless_split(seed, 3)
   oy = tf.random.stateless_uniform([b], seeds[0], 0, 2 * pad + 1, dtype=tf.int32)
   ox = tf.random.stateless_uniform([b], seeds[1], 0, 2 * pad + 1, dtype=tf.int32)
+  do_flip = (tf.random.stateless_uniform([b], seeds[2]) < 0.5) if flip else None
+  return crop_and_flip(images, oy, ox, do_flip, pad)
+
+
+def crop_and_flip(images, oy, ox, do_flip=None, pad=4):
+  """Pad-and-crop at given per-example offsets, then flip where `do_flip`, vectorised.
+
+  Args:
+    images: [B, H, W, C] float32.
+    oy, ox: [B] int32 crop offsets in [0, 2 * pad] into the zero-padded images.
+    do_flip: optional [B] bool.
+    pad: zero padding on each side.
+
+  Returns:
+    The augmented batch, same shape.
+  """
+  h, w = images.shape[1], images.shape[2]
+  padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
   # Per-example crop as two batched gathers instead of a map over examples.
   rows = oy[:, None] + tf.range(h)[None, :]
   cols = ox[:, None] + tf.range(w)[None, :]
   out = tf.gather(padded, rows, axis=1, batch_dims=1)
   out = tf.gather(out, cols, axis=2, batch_dims=1)
-  if flip:
-    do_flip = tf.random.stateless_uniform([b], seeds[2]) < 0.5
+  if do_flip is not None:
     out = tf.where(do_flip[:, None, None, None], tf.reverse(out, axis=[2]), out)
   return out
 

@@ -1,6 +1,7 @@
 """Training methods (defences), selected by `--method`."""
 
 from agkd_tf.errors import UserError
+from agkd_tf.methods import agkd_bml
 from agkd_tf.methods import at
 from agkd_tf.methods import natural
 from agkd_tf.methods.base import Method
@@ -17,6 +18,7 @@ def register(name, cls):
 
 register('natural', natural.Natural)
 register('at', at.MadryAT)
+register('agkd_bml', agkd_bml.AGKDBML)
 
 
 def names():

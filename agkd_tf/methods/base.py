@@ -36,6 +36,7 @@ class Method(keras.Model):
 
   loss_terms = ('loss',)
   accuracies = ('accuracy',)
+  default_label_smoothing = 0.0  # Used when --label_smoothing is not given.
 
   def __init__(self, network, num_classes, config, teacher=None, class_bank=None, seed=0,
                **kwargs):
@@ -51,6 +52,16 @@ class Method(keras.Model):
     self._loss_trackers = {n: keras.metrics.Mean(name=n) for n in self.loss_terms}
     self._acc_trackers = {n: keras.metrics.SparseCategoricalAccuracy(name=n)
                           for n in self.accuracies}
+
+  @classmethod
+  def needs_teacher(cls, config):  # pylint: disable=unused-argument
+    """Whether the method needs a frozen teacher network (`--teacher_dir`)."""
+    return False
+
+  @classmethod
+  def needs_class_bank(cls, config):  # pylint: disable=unused-argument
+    """Whether the method draws training images by class (`data.ClassBank`)."""
+    return False
 
   def call(self, images, training=False):
     return self.network(images, training=training)
