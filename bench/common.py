@@ -38,12 +38,12 @@ def command():
   return 'python ' + ' '.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
 
 
-def write(name, rows, columns, notes=''):
-  """Writes results/<name>.json and results/<name>.md."""
+def write(name, rows, columns, notes='', extra=None):
+  """Writes results/<name>.json and results/<name>.md (`extra`: more JSON-only fields)."""
   os.makedirs(RESULTS, exist_ok=True)
   info = {'command': command(), 'machine': machine(),
           'date': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
-          'rows': rows, 'notes': notes}
+          'rows': rows, 'notes': notes, **(extra or {})}
   with open(os.path.join(RESULTS, f'{name}.json'), 'w') as f:
     json.dump(info, f, indent=2)
     f.write('\n')

@@ -1,6 +1,8 @@
 """The binaries end bad input with one clear line and a non-zero exit, and write nothing."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -75,3 +77,27 @@ def test_train_then_export_then_bad_export(tmp_path):
   _assert_one_line_error(proc, 'not wrn-16-4')
   proc = conftest.run_binary('export', f'--model_dir={tmp_path / "nothing"}')
   _assert_one_line_error(proc, 'not a training run directory')
+
+
+def test_every_flagfile_parses_and_names_what_it_reproduces():
+  """All flagfiles resolve to a valid TrainConfig, and each says in a comment what it reproduces."""
+  names = sorted(f for f in os.listdir(os.path.join(conftest.REPO, 'flags')) if f.endswith('.cfg'))
+  assert 'cifar10_agkd_bml_cpu.cfg' in names
+  for name in names:
+    with open(os.path.join(conftest.REPO, 'flags', name)) as f:
+      comments = ' '.join(l for l in f if l.startswith('#'))
+    assert 'Reproduces' in comments or 'Ours, not a paper row' in comments, name
+  script = (
+      'import sys\n'
+      'from agkd_tf import train, train_lib\n'
+      'for path in sys.argv[1:]:\n'
+      '  train.FLAGS.unparse_flags()\n'
+      '  train.FLAGS(["train", "--flagfile=" + path, "--model_dir=/tmp/unused"])\n'
+      '  config = train.config_from_flags()\n'
+      '  train_lib._check_config(config)\n'
+      '  print(path, config.method, config.model, config.epochs)\n')
+  proc = subprocess.run([sys.executable, '-c', script] + [f'flags/{n}' for n in names],
+                        cwd=conftest.REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert len(proc.stdout.splitlines()) == len(names), proc.stdout
+  assert 'flags/cifar10_agkd_bml_wrn34_aa.cfg agkd_bml wrn-34-10 105' in proc.stdout
