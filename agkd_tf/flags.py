@@ -91,6 +91,9 @@ def define_train_flags():
                     'bi-directional, single-directional, or none (ablations).')
   flags.DEFINE_float('metric_weight', 2.0, 'lambda1: weight of the triplet term.', lower_bound=0.0)
   flags.DEFINE_float('margin', 0.03, 'Angular triplet margin.', lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_float('trades_beta', 6.0, 'TRADES: weight of the KL term (1/lambda).',
+                     lower_bound=0.0)
+  flags.DEFINE_enum('cat_loss', 'ce', ['ce', 'mix'], 'CAT: "ce", or "mix" (adds the CW hinge).')
   flags.DEFINE_float('norm_weight', 0.001, 'lambda2: weight of the embedding-norm regulariser.',
                      lower_bound=0.0)
   flags.DEFINE_integer('epochs', 200, 'Training epochs.', lower_bound=1)

@@ -65,6 +65,8 @@ class TrainConfig:
   metric_weight: float = 2.0
   margin: float = 0.03
   norm_weight: float = 0.001
+  trades_beta: float = 6.0
+  cat_loss: str = 'ce'
   epochs: int = 200
   batch_size: int = 128
   lr: float = 0.1
@@ -191,13 +193,14 @@ def _first_replica(values):
   return {k: strategy.experimental_local_results(v)[0] for k, v in values.items()}
 
 
-def method_config(config, flip=True):
-  """The method hyper-parameters of a TrainConfig."""
+def method_config(config, flip=True, num_train=0):
+  """The method hyper-parameters of a TrainConfig (`num_train`: training-set size)."""
   smoothing = config.label_smoothing
   if smoothing is None:
     smoothing = methods.get(config.method).default_label_smoothing
   return methods.MethodConfig(
-      label_smoothing=smoothing, flip=flip, eps=config.eps, step_size=config.step_size,
+      label_smoothing=smoothing, flip=flip, num_train=num_train, trades_beta=config.trades_beta,
+      cat_loss=config.cat_loss, eps=config.eps, step_size=config.step_size,
       attack_steps=config.attack_steps, mart=config.mart, mart_beta=config.mart_beta,
       attention=config.attention, metric=config.metric, metric_weight=config.metric_weight,
       margin=config.margin, norm_weight=config.norm_weight)
@@ -241,7 +244,7 @@ def build_method(config, splits, strategy, teacher_dir=None):
     if cls.needs_class_bank(config):
       bank = data_lib.ClassBank(splits.x_train, splits.y_train, splits.num_classes)
     method = methods.build(config.method, network, splits.num_classes,
-                           method_config(config, splits.flip),
+                           method_config(config, splits.flip, len(splits.y_train)),
                            teacher=teacher, class_bank=bank, seed=config.seed)
     schedule = optim.EpochSchedule(config.lr, steps, config.lr_schedule, config.lr_decay_epochs,
                                    config.lr_decay_factor, config.warmup_epochs, config.epochs)
@@ -372,7 +375,8 @@ def train(config: TrainConfig, strategy=None, splits=None):
     skip = step % steps_per_epoch
     epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
     ds = pipeline.train_dataset(splits.x_train, splits.y_train, config.batch_size, epoch,
-                                config.seed, skip_batches=skip, flip=splits.flip)
+                                config.seed, skip_batches=skip, flip=splits.flip,
+                                with_index=method.needs_indices)
     ds = ds.take(epoch_steps - skip)
     # One replica: feed the dataset directly. OneDeviceStrategy's distributed-dataset wrapper
     # halved throughput on our CPUs (its prefetch competes with the step for the two cores).

@@ -37,6 +37,9 @@ class Method(keras.Model):
   loss_terms = ('loss',)
   accuracies = ('accuracy',)
   default_label_smoothing = 0.0  # Used when --label_smoothing is not given.
+  # Methods that keep per-example state (CAT's eps_i) set this: their batches then carry each
+  # example's training-set index, and `compute_losses` receives it as `indices=`.
+  needs_indices = False
 
   def __init__(self, network, num_classes, config, teacher=None, class_bank=None, seed=0,
                **kwargs):
@@ -86,10 +89,11 @@ class Method(keras.Model):
 
   def train_step(self, data):
     images, labels = data[0], data[1]
+    extra = {'indices': data[2]} if self.needs_indices else {}
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     variables = self.network.trainable_variables
     with tf.GradientTape() as tape:
-      terms, predictions = self.compute_losses(images, labels)
+      terms, predictions = self.compute_losses(images, labels, **extra)
       total = terms[self.loss_terms[0]]
       scaled = self.optimizer.scale_loss(total / replicas)
     grads = tape.gradient(scaled, variables)
