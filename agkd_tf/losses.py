@@ -109,3 +109,58 @@ def angular_triplet(anchor, positive, negative, margin=0.03, norm_weight=0.001):
   norms = sum(tf.reduce_mean(tf.square(tf.cast(e, tf.float32)))
               for e in (anchor, positive, negative))
   return tf.reduce_mean(hinge) + norm_weight * norms
+
+
+def kl_from_logits(logits_p, logits_q):
+  """KL(p || q) per example, with p = softmax(logits_p) and q = softmax(logits_q).
+
+  TRADES's term, as PyTorch's `KLDivLoss(log_softmax(z_q), softmax(z_p))` sums it over classes.
+  Both sides go through log_softmax: Keras's `KLDivergence` clips probabilities to [1e-7, 1],
+  which changes the value and zeroes the gradient of confident examples. Nothing is detached, so
+  the gradient reaches both logits (TRADES does not detach its clean target in the update).
+
+  Args:
+    logits_p: [B, K] logits of the reference distribution (the clean images).
+    logits_q: [B, K] logits of the other one (the adversarial images).
+
+  Returns:
+    [B] float32; `tf.reduce_mean` of it is PyTorch's "batchmean".
+  """
+  log_p = tf.nn.log_softmax(tf.cast(logits_p, tf.float32))
+  log_q = tf.nn.log_softmax(tf.cast(logits_q, tf.float32))
+  return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def bilateral_label(logits, labels, gamma=0.01, multi=9.0):
+  """Bilateral's adversarial label (R-MC-LA; Wang and Zhang, ICCV 2019), from the clean logits.
+
+  With L_j = -log(p_j + 1e-8) and, over j != y, m = min L, M = max L and
+  D = sum_{j != y} (L_j - m + gamma):
+    delta = 1 / (1 + multi * (M - m + gamma) / D),
+    q_j = delta * (L_j - m + gamma) / D for j != y, and q_y = 1 - delta.
+  What follows from it (and what the tests check): the off-class entries sum to delta, so q sums
+  to 1; the largest off-class entry is delta * (M - m + gamma) / D = (1 - delta) / multi, so q_y is
+  exactly `multi` times it whatever the logits; and as (M - m + gamma) / D lies in
+  [1 / (K - 1), 1), q_y lies in [multi / (K - 1 + multi), multi / (1 + multi)): [0.5, 0.9) for
+  K = 10, with 0.5 (and 0.5 / 9 elsewhere, the official LSCE 0.5) when the off-class
+  probabilities are all equal. The mass goes to the least likely classes (largest L_j), the
+  direction in which the label raises the CE most: hence "label adversarial".
+
+  Args:
+    logits: [B, K] clean logits (the method takes them in BN eval).
+    labels: [B] true labels.
+    gamma: the official 0.01, which keeps every off-class entry positive.
+    multi: the official 9.
+
+  Returns:
+    [B, K] float32 target distributions, with no gradient (the official label is a constant).
+  """
+  logits = tf.cast(logits, tf.float32)
+  is_label = tf.one_hot(labels, tf.shape(logits)[-1], on_value=True, off_value=False)
+  neg_log = -tf.math.log(tf.nn.softmax(logits) + 1e-8)
+  low = tf.reduce_min(tf.where(is_label, tf.float32.max, neg_log), axis=-1, keepdims=True)
+  high = tf.reduce_max(tf.where(is_label, tf.float32.min, neg_log), axis=-1, keepdims=True)
+  shifted = tf.where(is_label, 0.0, neg_log - low + gamma)
+  total = tf.reduce_sum(shifted, axis=-1, keepdims=True)
+  delta = 1.0 / (1.0 + multi * (high - low + gamma) / total)
+  return tf.stop_gradient(tf.where(is_label, 1.0 - delta, delta * shifted / total))

@@ -81,7 +81,9 @@ def test_train_then_export_then_bad_export(tmp_path):
 
 def test_every_flagfile_parses_and_names_what_it_reproduces():
   """All flagfiles resolve to a valid TrainConfig, and each says in a comment what it reproduces."""
-  names = sorted(f for f in os.listdir(os.path.join(conftest.REPO, 'flags')) if f.endswith('.cfg'))
+  root = os.path.join(conftest.REPO, 'flags')
+  names = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root)
+                 for f in fs if f.endswith('.cfg'))
   assert 'cifar10_agkd_bml_cpu.cfg' in names
   for name in names:
     with open(os.path.join(conftest.REPO, 'flags', name)) as f:

@@ -2,8 +2,15 @@
 
 from agkd_tf.errors import UserError
 from agkd_tf.methods import agkd_bml
+from agkd_tf.methods import alp
 from agkd_tf.methods import at
+from agkd_tf.methods import bilateral
+from agkd_tf.methods import cat
+from agkd_tf.methods import feature_scatter
+from agkd_tf.methods import mart
 from agkd_tf.methods import natural
+from agkd_tf.methods import sml
+from agkd_tf.methods import trades
 from agkd_tf.methods.base import Method
 from agkd_tf.methods.base import MethodConfig
 
@@ -19,6 +26,13 @@ def register(name, cls):
 register('natural', natural.Natural)
 register('at', at.MadryAT)
 register('agkd_bml', agkd_bml.AGKDBML)
+register('alp', alp.ALP)
+register('trades', trades.TRADES)
+register('mart', mart.MART)
+register('bilateral', bilateral.Bilateral)
+register('sml', sml.SML)
+register('feature_scatter', feature_scatter.FeatureScatter)
+register('cat', cat.CAT)
 
 
 def names():

@@ -1,0 +1,61 @@
+"""TRADES: Zhang, Yu, Jiao, Xing, El Ghaoui, Jordan, "Theoretically Principled Trade-off between
+Robustness and Accuracy", ICML 2019; official code yaodongyu/TRADES (`trades_loss`).
+
+As the recipe (`../shared/docs/algorithms.md`, "Baselines") and the official code:
+
+- Attack (BN eval): from x + 0.001 * N(0, I), not clipped, K = 10 steps of 0.007 ascending
+  sum_i KL(p(x_i) || p(x'_i)), P_eps (eps 0.031, then [0, 1]) after each step
+  (`attacks/kl_pgd.py`). The Gaussian start uses a stateless seed from the method's generator.
+- Loss: mean CE(z(x), y) + beta * (1/B) sum_i KL(p(x_i) || p(x'_i)) ("batchmean"), beta = 6
+  (`--trades_beta`), KL from log_softmax on both sides. The clean target is not detached.
+- BN: two BN-train passes, one on x and one on x', as the official code calls the model on each
+  batch separately (BN statistics are per branch, not over [x; x']).
+- `--label_smoothing` applies to the CE if given (0 by default, the official plain CE).
+
+MART shares this step (Gaussian start, attack, two BN-train passes) and subclasses it, changing
+only the attack's objective and the loss.
+"""
+
+import tensorflow as tf
+
+from agkd_tf import losses
+from agkd_tf.attacks.kl_pgd import gaussian_start
+from agkd_tf.attacks.kl_pgd import kl_pgd
+from agkd_tf.methods import base
+
+
+class TRADES(base.Method):
+  """TRADES training: clean CE plus beta times the KL to the adversarial prediction."""
+
+  loss_terms = ('loss', 'ce', 'kl')
+  accuracies = ('clean_accuracy', 'adv_accuracy')
+
+  def attack_start(self, images):
+    """The official x + 0.001 * N(0, I) start, seeded from the method's generator."""
+    seed = tf.cast(self.rng.make_seeds(1)[:, 0], tf.int32)
+    return gaussian_start(images, seed)
+
+  def inference_logits(self, images):
+    return self.network(images, training=False)['logits']
+
+  def adversarial(self, images, labels):
+    del labels  # The KL attack needs only the clean prediction.
+    config = self.config
+    return kl_pgd(self.inference_logits, images, config.eps, config.step_size,
+                  config.attack_steps, self.attack_start(images))
+
+  def objective(self, logits_clean, logits_adv, labels):
+    """The loss terms from the [B, K] BN-train logits of x and x'."""
+    ce = tf.reduce_mean(losses.cross_entropy(logits_clean, labels, self.num_classes,
+                                             self.config.get('label_smoothing', 0.0)))
+    kl = self.config.get('trades_beta', 6.0) * tf.reduce_mean(
+        losses.kl_from_logits(logits_clean, logits_adv))
+    return {'loss': ce + kl, 'ce': ce, 'kl': kl}
+
+  def compute_losses(self, images, labels):
+    labels = tf.cast(labels, tf.int32)
+    x_adv = tf.stop_gradient(self.adversarial(images, labels))
+    logits_clean = self.network(images, training=True)['logits']
+    logits_adv = self.network(x_adv, training=True)['logits']
+    terms = self.objective(logits_clean, logits_adv, labels)
+    return terms, {'clean_accuracy': logits_clean, 'adv_accuracy': logits_adv}
