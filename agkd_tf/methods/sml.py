@@ -18,18 +18,11 @@ As the official sampler, the pool and the second positive go through the trainin
 (random crop with 4-pixel padding, and a flip where the dataset allows it). x_pos2 can be x itself
 with probability 1 / (images of the class), as in the official per-class sampler.
 
-BN modes in the loss (the recipe fixes only the attack's and the mining's): BN runs in train mode
-on x' alone, and the positives and the negative are embedded in BN eval, with the gradient
-flowing through them. Why:
-- BN's batch statistics and moving averages stay those of adversarial batches only, as in the
-  Madry AT model SML fine-tunes and in every other baseline here ("BN train on x' only").
-- The negative is embedded in the loss exactly as it was embedded when it was mined, so it is
-  still the hardest one; a BN-train pass would recompute its embedding under other statistics.
-- x and x_pos2 use the same mode as the negative, so both distances of the hinge compare the
-  anchor with embeddings of one kind.
-The official TF1 code feeds `is_training=True` to every branch instead (each branch a separate
-BN-train pass with its own batch statistics); we do not copy that, since it makes the clean and
-negative branches move BN's moving averages as well.
+BN modes in the loss (the recipe fixes only the attack's and the mining's): as the official TF1
+code, which feeds `is_training=True` to every branch, each of x', x, x_pos2 and the negatives is
+its own BN-train pass with its own batch statistics. The negative's embedding in the loss is
+therefore computed under other statistics than when it was mined in BN eval; the official code
+does the same, and we keep it rather than change what the baseline is.
 
 Fine-tuning: the official code starts from a Madry AT model. This package has no initialisation
 flag for sml (`--teacher_dir` only initialises agkd_bml), see flags/cifar10_sml.cfg.
@@ -126,12 +119,13 @@ class SML(base.Method):
   def compute_losses(self, images, labels):
     config = self.config
     labels = tf.cast(labels, tf.int32)
-    batch = tf.shape(images)[0]
     x_adv, x_pos2, negatives, _ = self.adversarial_batch(images, labels)
     out_adv = self._embed(x_adv, True)
-    refs = self._embed(tf.concat([images, x_pos2, negatives], 0), False)
-    e_clean, e_pos2 = refs['embedding'][:batch], refs['embedding'][batch:2 * batch]
-    e_neg = refs['embedding'][2 * batch:]
+    # Separate BN-train passes, one per branch, as the official code runs them.
+    out_clean = self._embed(images, True)
+    e_clean = out_clean['embedding']
+    e_pos2 = self._embed(x_pos2, True)['embedding']
+    e_neg = self._embed(negatives, True)['embedding']
     ce = tf.reduce_mean(losses.cross_entropy(out_adv['logits'], labels, self.num_classes,
                                              config.get('label_smoothing', 0.0)))
     weight = config.get('metric_weight', 2.0)
@@ -142,4 +136,4 @@ class SML(base.Method):
                                                  norm_weight)
     terms = {'loss': ce + trip_clean + trip_class, 'ce': ce, 'triplet_clean': trip_clean,
              'triplet_class': trip_class}
-    return terms, {'clean_accuracy': refs['logits'][:batch], 'adv_accuracy': out_adv['logits']}
+    return terms, {'clean_accuracy': out_clean['logits'], 'adv_accuracy': out_adv['logits']}
