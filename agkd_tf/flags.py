@@ -145,6 +145,14 @@ def define_train_flags():
   flags.DEFINE_bool('export', True, 'Export a SavedModel to model_dir/export at the end.')
   flags.DEFINE_integer('max_steps', 0, 'Stop after this many global steps (0: all epochs).',
                        lower_bound=0)
+  flags.DEFINE_bool('deterministic', False, 'Deterministic ops '
+                    '(tf.config.experimental.enable_op_determinism) on top of the seeds, so a '
+                    'rerun, or a run resumed after a kill, gives the same weights bit for bit '
+                    '(slower, notably on GPU).')
+  flags.DEFINE_enum('nan_policy', 'stop', ['stop', 'skip_batch'], 'On a non-finite loss: '
+                    '"stop" with the step, the bad term and the last good checkpoint; '
+                    '"skip_batch" leaves weights, BatchNorm statistics, optimiser state and '
+                    'epoch means as they were before the step, logs it and goes on.')
   flags.mark_flag_as_required('model_dir')
 
 

@@ -51,8 +51,10 @@ def make_writable_dir(path, what='--model_dir'):
   if not path:
     raise UserError(f'{what} is required')
   path = os.path.abspath(path)
+  # '--model_dir=/a/b' for a flag, 'the export directory /a/b' for a description.
+  named = f'{what}={path}' if what.startswith('--') else f'{what} {path}'
   if os.path.exists(path) and not os.path.isdir(path):
-    raise UserError(f'{what}={path} exists and is not a directory')
+    raise UserError(f'{named} exists and is not a directory')
   created = []
   probe = path
   while not os.path.exists(probe):
@@ -69,5 +71,5 @@ def make_writable_dir(path, what='--model_dir'):
         os.rmdir(d)
       except OSError:
         pass
-    raise UserError(f'{what}={path} is not writable ({e.strerror})') from None
+    raise UserError(f'{named} is not writable ({e.strerror})') from None
   return path

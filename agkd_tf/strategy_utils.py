@@ -3,7 +3,15 @@
 `auto` mirrors over all GPUs when there are several, uses one device otherwise. `mirrored` on a
 machine without GPUs mirrors over the logical CPU devices (see `split_cpu`), which is how the tests
 check that MirroredStrategy gives the same update as one device.
+
+`multi_worker` is TensorFlow's own `MultiWorkerMirroredStrategy`, with the cluster read from
+`TF_CONFIG` the standard way (`python -m agkd_tf.launch` writes it for local workers). Which
+worker is the chief, and where a non-chief worker may write its throw-away checkpoints, follow
+TensorFlow's multi-worker Keras tutorial.
 """
+
+import json
+import os
 
 import tensorflow as tf
 
@@ -30,14 +38,102 @@ def get_strategy(name):
   """Returns the tf.distribute strategy named by `--strategy`."""
   if name not in STRATEGIES:
     raise UserError(f'unknown strategy "{name}"; valid: {", ".join(STRATEGIES)}')
-  gpus = tf.config.list_logical_devices('GPU')
   if name == 'multi_worker':
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    return multi_worker()
+  gpus = tf.config.list_logical_devices('GPU')
   if name == 'mirrored' or (name == 'auto' and len(gpus) > 1):
     if gpus:
       return tf.distribute.MirroredStrategy(devices=[d.name for d in gpus])
     return mirrored_cpu([d.name for d in tf.config.list_logical_devices('CPU')])
   return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else '/cpu:0')
+
+
+def tf_config():
+  """The parsed `TF_CONFIG` environment variable ({} when unset).
+
+  Raises:
+    UserError: TF_CONFIG is not a JSON object with a cluster and this task's type and index.
+  """
+  text = os.environ.get('TF_CONFIG', '')
+  if not text.strip():
+    return {}
+  try:
+    config = json.loads(text)
+    cluster, task = config['cluster'], config['task']
+    jobs = cluster[task['type']]
+    if not 0 <= int(task['index']) < len(jobs):
+      raise IndexError(task['index'])
+  except (ValueError, KeyError, TypeError, IndexError) as e:
+    raise UserError(f'TF_CONFIG is malformed ({type(e).__name__}: {e}); expected '
+                    '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", '
+                    '"index": I}}') from None
+  return config
+
+
+def multi_worker():
+  """MultiWorkerMirroredStrategy over the cluster of `TF_CONFIG`.
+
+  Must run before TensorFlow executes its first op: collective ops are configured at start-up.
+  On CPU the collectives use RING (gRPC); NCCL needs GPUs. On GPUs AUTO picks NCCL.
+  """
+  if not tf_config():
+    raise UserError('--strategy=multi_worker reads the cluster from TF_CONFIG, which is not set; '
+                    'start local workers with python -m agkd_tf.launch --workers=N -- ARGS')
+  implementation = (tf.distribute.experimental.CommunicationImplementation.AUTO if has_gpu()
+                    else tf.distribute.experimental.CommunicationImplementation.RING)
+  options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
+  try:
+    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+  except RuntimeError as e:
+    raise UserError(f'--strategy=multi_worker could not start ({e}); it must be created before '
+                    'TensorFlow runs any op') from None
+
+
+def task(strategy):
+  """(task_type, task_id) of this process in its cluster; (None, 0) outside a cluster."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not resolver.task_type:
+    return None, 0
+  return resolver.task_type, int(resolver.task_id or 0)
+
+
+def num_workers(strategy):
+  """Processes taking part in `strategy` (1 outside a cluster)."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not resolver.task_type:
+    return 1
+  jobs = resolver.cluster_spec().as_dict()
+  return sum(len(jobs.get(job, ())) for job in ('chief', 'worker'))
+
+
+def is_chief(strategy):
+  """Whether this process writes the run's outputs.
+
+  As in TensorFlow's multi-worker tutorial: the task of type `chief`, or worker 0 when the cluster
+  has no chief; any process outside a cluster is its own chief.
+  """
+  task_type, task_id = task(strategy)
+  if task_type is None or task_type == 'chief':
+    return True
+  if task_type != 'worker':
+    return False
+  jobs = strategy.cluster_resolver.cluster_spec().as_dict()
+  return 'chief' not in jobs and task_id == 0
+
+
+def write_dir(directory, strategy):
+  """Where this process writes what belongs in `directory` (checkpoints).
+
+  Every worker of a MultiWorkerMirroredStrategy must take part in a save (the save all-reduces
+  the on-read variables), but only the chief's copy is kept: other workers write into a
+  temporary directory beside it, which they remove after each save (TensorFlow's
+  `write_checkpoint_dir` pattern).
+  """
+  if is_chief(strategy):
+    return directory
+  task_type, task_id = task(strategy)
+  return os.path.join(os.path.dirname(directory.rstrip('/')),
+                      f'.{task_type}-{task_id}-tmp', os.path.basename(directory.rstrip('/')))
 
 
 def mirrored_cpu(devices):

@@ -2,7 +2,9 @@ r"""Trains a model with one of the package's methods.
 
   python -m agkd_tf.train --flagfile=flags/quickstart.cfg --model_dir=/tmp/run
 
-A rerun of the same command resumes from the latest checkpoint in --model_dir.
+A rerun of the same command resumes from the latest checkpoint in --model_dir. Under
+`python -m agkd_tf.launch`, or any launcher that sets TF_CONFIG, `--strategy=multi_worker` trains on
+all its workers.
 """
 
 import dataclasses

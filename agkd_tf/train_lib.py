@@ -5,7 +5,8 @@ directly. It never reads absl FLAGS. The run directory (`model_dir`) holds:
 
   checkpoints/      tf.train.Checkpoint of network, optimiser and method state, every
                     `checkpoint_every_steps` steps and at every epoch end; the last
-                    `keep_checkpoints` are kept. A rerun of the same command resumes from the latest.
+                    `keep_checkpoints` are kept. A rerun of the same command resumes from the latest
+                    that restores (an unreadable latest one falls back to the one before).
   summaries/train   TensorBoard: every loss term, accuracies, lr, images/sec, hparams.
   summaries/eval    TensorBoard: clean and PGD-k accuracy on the held-out subset.
   flags.json        the resolved configuration.
@@ -14,14 +15,33 @@ directly. It never reads absl FLAGS. The run directory (`model_dir`) holds:
   export/           SavedModel (written to a temporary name, then renamed).
 
 Resume is exact: the data order and augmentation of every epoch are functions of (seed, epoch), so
-a run restored at global step k rebuilds its epoch and skips the batches already trained.
+a run restored at global step k rebuilds its epoch and skips the batches already trained. With
+`deterministic=True` (op determinism on top of the seeds) a run killed at any point and rerun ends
+with the same weights, bit for bit, as one never interrupted.
+
+Checkpoints are atomic as TensorFlow writes them: shards go to a temporary name, are merged and
+renamed, and only then does the `checkpoint` state file (itself written to a temporary file and
+renamed) point at them, so a kill mid-save leaves the previous checkpoint as the latest. Leftover
+temporary files are removed at start, and a latest checkpoint that still fails to restore (a disk
+that lied) makes the run fall back to the previous one rather than fail.
+
+Multi-worker (`tf.distribute.MultiWorkerMirroredStrategy`, cluster from TF_CONFIG): every worker
+runs this same loop on its slice of each global batch; every worker takes part in each checkpoint
+save (the save all-reduces on-read variables), but only the chief keeps its copy. Only the chief
+writes summaries, flags.json, model_spec.json, the export and result.json.
+
+A non-finite loss either stops the run (`nan_policy='stop'`, nothing saved) or, with
+`'skip_batch'`, leaves the step without effect: see `_NonFiniteGuard`.
 """
 
 import dataclasses
+import glob
 import json
 import math
 import os
+import shutil
 import sys
+import threading
 import time
 from typing import Optional, Sequence
 
@@ -93,6 +113,11 @@ class TrainConfig:
   verbose: int = 1
   export: bool = True
   max_steps: int = 0  # Stop after this many global steps (0: run all epochs); for tests.
+  deterministic: bool = False
+  nan_policy: str = 'stop'
+
+
+NAN_POLICIES = ('stop', 'skip_batch')
 
 
 def _check_config(config):
@@ -110,6 +135,14 @@ def _check_config(config):
   if config.lr_schedule not in ('piecewise', 'cosine', 'constant'):
     raise UserError(f'unknown lr schedule "{config.lr_schedule}"; valid: piecewise, cosine, '
                     'constant')
+  if config.nan_policy not in NAN_POLICIES:
+    raise UserError(f'unknown nan policy "{config.nan_policy}"; valid: {", ".join(NAN_POLICIES)}')
+  if (config.nan_policy == 'skip_batch' and
+      strategy_utils.resolve_precision(config.mixed_precision) == 'mixed_float16'):
+    # The loss-scale optimiser already skips non-finite gradients, but without counting the
+    # batch as a step, which would shift the data position of a resumed run.
+    raise UserError('--nan_policy=skip_batch does not combine with --mixed_precision=float16; '
+                    'use bfloat16 or float32')
 
 
 def _check_existing_run(model_dir, config):
@@ -133,6 +166,18 @@ def model_spec(config, splits):
   return {'model': config.model, 'input_shape': list(splits.image_shape),
           'num_classes': int(splits.num_classes), 'class_names': list(splits.class_names),
           'dataset': dataset}
+
+
+class _NoSummaries:
+  """What a non-chief worker writes to TensorBoard: nothing."""
+
+  train = eval = None
+
+  def scalars(self, writer, values, step):
+    pass
+
+  def hparams(self, config):
+    pass
 
 
 class _Summaries:
@@ -160,21 +205,64 @@ class _Summaries:
       hp.hparams(values)
 
 
-def _restore(checkpoint, manager, model_dir):
-  """Restores the latest checkpoint, with a clear error when it belongs to another model."""
-  latest = manager.latest_checkpoint
-  if not latest:
+# A checkpoint whose files are damaged (truncated, missing a shard) rather than of another model.
+# The checkpoint reader reports a truncated file as an IndexError.
+_UNREADABLE = (IndexError, tf.errors.DataLossError, tf.errors.OutOfRangeError,
+               tf.errors.NotFoundError, tf.errors.UnknownError)
+
+
+def _first_line(error):
+  text = str(error).strip()
+  return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def _restore(checkpoint, checkpoint_dir, model_dir):
+  """Restores the newest checkpoint of `checkpoint_dir` that restores; returns its path or None.
+
+  A checkpoint that fails to restore is skipped for the one before it: TensorFlow's writes are
+  atomic, but a filesystem can still lose the tail of a file, and a run should lose a few steps
+  rather than everything. When none restores, the error says whether the files are damaged or
+  were written by a different model.
+  """
+  state = tf.train.get_checkpoint_state(checkpoint_dir)
+  if not state or not state.model_checkpoint_path:
     return None
-  try:
-    status = checkpoint.restore(latest)
-    status.assert_existing_objects_matched()
-  except (AssertionError, ValueError, tf.errors.InvalidArgumentError,
-          tf.errors.NotFoundError) as e:
-    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-    raise UserError(f'the checkpoint {latest} does not match this model and method ({first}). '
-                    f'It was written by a different configuration; use a new --model_dir than '
-                    f'{model_dir}.') from None
-  return latest
+  candidates = [state.model_checkpoint_path]
+  candidates += [p for p in reversed(state.all_model_checkpoint_paths) if p not in candidates]
+  errors = []
+  for path in candidates:
+    try:
+      status = checkpoint.restore(path)
+      status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:
+      errors.append((path, e))
+      logging.warning('Checkpoint %s does not restore (%s).', path, _first_line(e))
+      continue
+    if errors:
+      logging.warning('Resuming from %s, the newest checkpoint that restores.', path)
+    return path
+  latest, error = errors[0]
+  if all(isinstance(e, _UNREADABLE) for _, e in errors):
+    raise UserError(f'no checkpoint in {checkpoint_dir} can be read ({_first_line(error)}); the '
+                    f'files are damaged. Move them away to start {model_dir} afresh.')
+  raise UserError(f'the checkpoint {latest} does not match this model and method '
+                  f'({_first_line(error)}). It was written by a different configuration; use a '
+                  f'new --model_dir than {model_dir}.')
+
+
+def _remove_save_leftovers(checkpoint_dir):
+  """Removes what a save killed midway leaves: TF's `<prefix>_temp` shard directories and the
+  temporary files of the `checkpoint` state file. Neither is ever read; both are harmless, but
+  they would accumulate over preemptions."""
+  for path in glob.glob(os.path.join(checkpoint_dir, '*_temp')) + glob.glob(
+      os.path.join(checkpoint_dir, 'checkpoint.tmp*')):
+    if os.path.isdir(path):
+      shutil.rmtree(path, ignore_errors=True)
+    else:
+      try:
+        os.remove(path)
+      except OSError:
+        pass
 
 
 def _attention_summaries(method, summaries, images, labels, step):
@@ -257,19 +345,166 @@ def build_method(config, splits, strategy, teacher_dir=None):
   return network, method, optimizer
 
 
-def make_step_fn(method, strategy, jit_compile):
+class _NonFiniteGuard:
+  """Makes an optimiser leave every variable untouched on a step whose loss is not finite.
+
+  Installed on the optimiser instance for `nan_policy='skip_batch'`, so no method has to know:
+  `Method.train_step` hands its total loss to `optimizer.scale_loss` and its gradients to
+  `optimizer.apply`, which is all the guard needs.
+
+  - `scale_loss` notes this replica's loss.
+  - `apply` turns every gradient into NaN when that loss, or any gradient, is not finite. The
+    all-reduce sums gradients, so afterwards every replica holds NaN gradients when *any* replica
+    had a bad batch, and all replicas decide alike without a collective of their own.
+  - `update_step` (per variable, after the all-reduce) runs under a `tf.cond` on finite gradients.
+    A skipped variable keeps its value and its momentum; zeroing the gradient would not do, since
+    coupled weight decay and momentum would still move the weights.
+  The iteration counter still advances: the batch was consumed, and resume, the lr schedule and
+  the (seed, step) random draws all count batches.
+  """
+
+  def __init__(self, optimizer):
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+      raise ValueError('the non-finite guard does not wrap a LossScaleOptimizer')
+    self._local = threading.local()  # MirroredStrategy traces each replica in its own thread.
+    scale_loss, apply, update_step = (optimizer.scale_loss, optimizer.apply,
+                                      optimizer.update_step)
+
+    def guarded_scale_loss(loss):
+      self._local.loss = loss
+      return scale_loss(loss)
+
+    def guarded_apply(grads, trainable_variables=None):
+      loss = getattr(self._local, 'loss', None)
+      bad = (tf.constant(False) if loss is None else
+             tf.logical_not(tf.math.is_finite(tf.cast(loss, tf.float32))))
+      for g in grads:
+        if g is not None:
+          bad = tf.logical_or(bad, tf.logical_not(tf.reduce_all(tf.math.is_finite(g))))
+      self._local.nonfinite = bad
+      poison = tf.where(bad, tf.constant(float('nan')), tf.constant(0.0))
+      grads = [g if g is None else g + tf.cast(poison, g.dtype) for g in grads]
+      return apply(grads, trainable_variables)
+
+    def guarded_update_step(gradient, variable, learning_rate):
+      def update():
+        update_step(gradient, variable, learning_rate)
+      tf.cond(tf.reduce_all(tf.math.is_finite(gradient)), update, lambda: None)
+
+    optimizer.scale_loss = guarded_scale_loss
+    optimizer.apply = guarded_apply
+    optimizer.update_step = guarded_update_step
+
+  def nonfinite(self):
+    """Whether this replica's last traced step had a non-finite loss or gradient."""
+    return self._local.nonfinite
+
+
+def make_step_fn(method, strategy, jit_compile, nan_policy=None):
   """One distributed train step on the next batch of an iterator, compiled.
 
   As in Keras's own trainer, `next(iterator)` happens inside the traced function, so tf.data hands
   the batch to the step without a round trip through Python tensors.
+
+  Args:
+    method: a built and compiled `methods.Method`.
+    strategy: the strategy it was built under.
+    jit_compile: XLA for the replica step.
+    nan_policy: None for the plain step; 'stop' or 'skip_batch' to also report non-finite
+      losses, agreed across all replicas. 'skip_batch' installs `_NonFiniteGuard` on the
+      optimiser and restores what the forward pass changed (BatchNorm moving statistics, the
+      loss and accuracy trackers) when the step is skipped.
+
+  Returns:
+    `step_fn(iterator)`. Without `nan_policy` it returns the method's logs (per replica); with one,
+    `(logs, step_logs, nonfinite)`: the logs after the policy, the logs as the step computed them
+    (they name the bad term) and whether any replica's loss was not finite.
   """
-  replica_step = tf.function(method.train_step, jit_compile=jit_compile, reduce_retracing=True)
+  if nan_policy is None:
+    replica_step = tf.function(method.train_step, jit_compile=jit_compile,
+                               reduce_retracing=True)
+  elif nan_policy in NAN_POLICIES:
+    replica_step = tf.function(_policy_step(method, nan_policy), jit_compile=jit_compile,
+                               reduce_retracing=True)
+  else:
+    raise ValueError(f'unknown nan policy {nan_policy!r}')
 
   @tf.function(reduce_retracing=True)
   def step_fn(iterator):
     return strategy.run(replica_step, args=(next(iterator),))
 
   return step_fn
+
+
+def _policy_step(method, nan_policy):
+  """The replica step of `make_step_fn` with a non-finite check (and, skip_batch, the guard)."""
+  guard = None
+  if nan_policy == 'skip_batch':
+    # Once per optimiser: a second guard would only check the same thing twice.
+    guard = getattr(method.optimizer, '_nonfinite_guard', None) or _NonFiniteGuard(
+        method.optimizer)
+    method.optimizer._nonfinite_guard = guard  # pylint: disable=protected-access
+  kept = []
+  if guard:
+    # What the forward pass changes outside the optimiser. The frozen teacher is left out: it is
+    # never updated, and copying a WRN's weights every step would cost for nothing.
+    teacher = {id(v) for v in method.teacher.weights} if method.teacher is not None else set()
+    seen = set()
+    for v in list(method.non_trainable_variables) + [v for m in method.metrics
+                                                     for v in m.variables]:
+      if id(v) not in teacher and id(v) not in seen:
+        seen.add(id(v))
+        kept.append(v)
+
+  def step(data):
+    before = [tf.identity(v.value) for v in kept]
+    logs = method.train_step(data)
+    if guard:
+      bad = guard.nonfinite()
+    else:
+      bad = tf.logical_not(tf.math.is_finite(logs[method.loss_terms[0]]))
+    # Every replica must take the same decision, or their weights (and, across workers, their
+    # collectives) part ways.
+    count = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, tf.cast(bad, tf.float32))
+    bad = count > 0
+    if not guard:
+      return logs, logs, bad
+    for v, old in zip(kept, before):
+      v.assign(tf.where(bad, old, v.value))
+    return {m.name: m.result() for m in method.metrics}, logs, bad
+
+  return step
+
+
+def _distribute(ds, strategy, global_batch_size):
+  """The distributed form of a dataset of global batches.
+
+  One replica: the dataset itself. OneDeviceStrategy's distributed-dataset wrapper halved
+  throughput on our CPUs (its prefetch competes with the step for the two cores).
+
+  Several workers: each input pipeline takes its own contiguous slice of every global batch, so
+  replica r of N sees examples [r B/N, (r + 1) B/N) of the batch a single device would see, and
+  the all-reduced update equals the single-device one. tf.data's auto-sharding is not used: on an
+  in-memory dataset it falls back to sharding by element, whose order we would not control.
+  """
+  replicas = strategy.num_replicas_in_sync
+  if replicas == 1:
+    return ds
+  if strategy_utils.num_workers(strategy) <= 1:
+    return strategy.experimental_distribute_dataset(ds)
+
+  def dataset_fn(context):
+    pipelines = context.num_input_pipelines
+    per_pipeline = global_batch_size // pipelines
+    start = context.input_pipeline_id * per_pipeline
+    local = ds.map(lambda *parts: tuple(p[start:start + per_pipeline] for p in parts))
+    local_replicas = replicas // pipelines
+    if local_replicas > 1:
+      local = local.rebatch(per_pipeline // local_replicas, drop_remainder=True)
+    return local
+
+  return strategy.distribute_datasets_from_function(dataset_fn)
 
 
 def _describe_bad_terms(logs, loss_terms):
@@ -294,6 +529,9 @@ def train(config: TrainConfig, strategy=None, splits=None):
   _check_config(config)
   model_dir = os.path.abspath(config.model_dir)
   _check_existing_run(model_dir, config)
+  # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs its first op, and the
+  # folder loader decodes images with TensorFlow.
+  strategy = strategy or strategy_utils.get_strategy(config.strategy)
   if splits is None:
     splits = data_lib.load(config.dataset, config.data_dir, config.train_examples,
                            config.test_examples, config.seed)
@@ -301,8 +539,7 @@ def train(config: TrainConfig, strategy=None, splits=None):
     raise UserError(f'the training set has {len(splits.y_train)} images, fewer than one batch '
                     f'of --batch_size={config.batch_size}')
   io_utils.make_writable_dir(model_dir)
-
-  strategy = strategy or strategy_utils.get_strategy(config.strategy)
+  chief = strategy_utils.is_chief(strategy)
   teacher_dir = config.teacher_dir
   if methods.get(config.method).needs_teacher(config) and config.teacher == 'train':
     teacher_dir = os.path.abspath(teacher_dir or os.path.join(model_dir, 'teacher'))
@@ -318,6 +555,11 @@ def train(config: TrainConfig, strategy=None, splits=None):
         export=False), strategy=strategy, splits=splits)
 
   keras.utils.set_random_seed(config.seed)
+  if config.deterministic:
+    # Process-wide and irreversible: every op created from here on is deterministic, or raises
+    # if it has no deterministic kernel. The seeds above fix the rest (data order, augmentation,
+    # attack starts and class-bank draws are all functions of the seed and the step).
+    tf.config.experimental.enable_op_determinism()
   keras.mixed_precision.set_global_policy(strategy_utils.resolve_precision(config.mixed_precision))
   jit = strategy_utils.resolve_jit(config.jit_compile)
   replicas = strategy.num_replicas_in_sync
@@ -335,17 +577,33 @@ def train(config: TrainConfig, strategy=None, splits=None):
     total_steps = min(total_steps, config.max_steps)
   with strategy.scope():
     checkpoint = tf.train.Checkpoint(network=network, optimizer=optimizer, method=method)
-  manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, 'checkpoints'),
-                                       max_to_keep=config.keep_checkpoints)
-  restored = _restore(checkpoint, manager, model_dir)
+  checkpoint_dir = os.path.join(model_dir, 'checkpoints')
+  # Every worker restores from the chief's checkpoints and saves with all the others, but a
+  # non-chief worker's copy goes to a temporary directory removed after each save.
+  write_dir = strategy_utils.write_dir(checkpoint_dir, strategy)
+  if chief:
+    _remove_save_leftovers(checkpoint_dir)
+  else:
+    shutil.rmtree(os.path.dirname(write_dir), ignore_errors=True)  # A killed worker's leftovers.
+  manager = tf.train.CheckpointManager(checkpoint, write_dir,
+                                       max_to_keep=config.keep_checkpoints if chief else 1)
+
+  def save(number):
+    manager.save(checkpoint_number=number)
+    if not chief:
+      shutil.rmtree(os.path.dirname(write_dir), ignore_errors=True)
+
+  restored = _restore(checkpoint, checkpoint_dir, model_dir)
   start_step = int(optimizer.iterations.numpy())
+  saved_step = start_step if restored else None
   if restored:
     logging.info('Resumed from %s at step %d.', restored, start_step)
 
-  io_utils.write_json_atomic(os.path.join(model_dir, 'flags.json'), dataclasses.asdict(config))
-  io_utils.write_json_atomic(os.path.join(model_dir, 'model_spec.json'),
-                             model_spec(config, splits))
-  summaries = _Summaries(model_dir)
+  if chief:
+    io_utils.write_json_atomic(os.path.join(model_dir, 'flags.json'), dataclasses.asdict(config))
+    io_utils.write_json_atomic(os.path.join(model_dir, 'model_spec.json'),
+                               model_spec(config, splits))
+  summaries = _Summaries(model_dir) if chief else _NoSummaries()
   if not restored:
     summaries.hparams(config)
 
@@ -364,10 +622,11 @@ def train(config: TrainConfig, strategy=None, splits=None):
     summaries.scalars(summaries.eval, values, step)
     return values
 
-  step_fn = make_step_fn(method, strategy, jit)
+  step_fn = make_step_fn(method, strategy, jit, config.nan_policy)
   step = start_step
   train_seconds = 0.0
   timed_images = 0
+  skipped = 0
   logs = {}
   interactive = sys.stdout.isatty()
   while step < total_steps:
@@ -378,9 +637,7 @@ def train(config: TrainConfig, strategy=None, splits=None):
                                 config.seed, skip_batches=skip, flip=splits.flip,
                                 with_index=method.needs_indices)
     ds = ds.take(epoch_steps - skip)
-    # One replica: feed the dataset directly. OneDeviceStrategy's distributed-dataset wrapper
-    # halved throughput on our CPUs (its prefetch competes with the step for the two cores).
-    dist_ds = strategy.experimental_distribute_dataset(ds) if replicas > 1 else ds
+    dist_ds = _distribute(ds, strategy, config.batch_size)
     for m in method.metrics:
       m.reset_state()
     bar = keras.utils.Progbar(epoch_steps, stateful_metrics=[m.name for m in method.metrics],
@@ -394,13 +651,21 @@ def train(config: TrainConfig, strategy=None, splits=None):
     iterator = iter(dist_ds)
     for _ in range(epoch_steps - skip):
       t0 = time.time()
-      logs = {k: float(v) for k, v in _first_replica(step_fn(iterator)).items()}
+      out, step_out, nonfinite = step_fn(iterator)
+      logs = {k: float(v) for k, v in _first_replica(out).items()}
       step += 1
-      if not math.isfinite(logs[method.loss_terms[0]]):
-        raise UserError(
-            f'the loss became non-finite at step {step} (term: '
-            f'{_describe_bad_terms(logs, method.loss_terms)}); stopping without saving. Last good '
-            f'checkpoint: {manager.latest_checkpoint or "none"}.')
+      if bool(strategy.experimental_local_results(nonfinite)[0]):
+        terms = _describe_bad_terms({k: float(v) for k, v in _first_replica(step_out).items()},
+                                    method.loss_terms)
+        if config.nan_policy == 'stop':
+          raise UserError(
+              f'the loss became non-finite at step {step} (term: {terms}); stopping without '
+              f'saving. Last good checkpoint: '
+              f'{tf.train.latest_checkpoint(checkpoint_dir) or "none"}.')
+        skipped += 1
+        logging.warning('Step %d: the loss is not finite (term: %s); the batch was skipped and '
+                        'the weights kept (%d skipped so far).', step, terms, skipped)
+        summaries.scalars(summaries.train, {'train/skipped_batch': 1.0}, step)
       if step > start_step + 1:  # The first step includes tracing; keep it out of throughput.
         train_seconds += time.time() - t0
         timed_images += config.batch_size
@@ -417,22 +682,31 @@ def train(config: TrainConfig, strategy=None, splits=None):
                           step)
         window_start, window_images = now, 0
       if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
-        manager.save(checkpoint_number=step)
+        save(step)
+        saved_step = step
       if step >= total_steps:
         break
     epoch_time = time.time() - epoch_start
-    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f'-{step}'):
-      manager.save(checkpoint_number=step)
+    # A plain counter rather than the manager's state: all workers must decide alike, and a
+    # non-chief worker's manager forgets its removed checkpoints.
+    if saved_step != step:
+      save(step)
+      saved_step = step
     summary = {f'epoch/{k}': v for k, v in logs.items()}
     summary['epoch/images_per_sec'] = epoch_images / max(epoch_time, 1e-9)
     summary['epoch/seconds'] = epoch_time
+    if config.nan_policy == 'skip_batch':
+      summary['epoch/skipped_batches'] = skipped
     summaries.scalars(summaries.train, summary, step)
-    _attention_summaries(method, summaries, x_eval[:8], y_eval[:8], step)
+    if chief:
+      _attention_summaries(method, summaries, x_eval[:8], y_eval[:8], step)
     line = ' '.join(f'{k}={v:.4f}' for k, v in logs.items())
     message = (f'epoch {epoch + 1}/{config.epochs} step {step}: {line} '
                f'lr={float(optimizer.learning_rate):.5f} '
                f'{summary["epoch/images_per_sec"]:.1f} images/sec {epoch_time:.1f}s')
-    if config.eval_every and (epoch + 1) % config.eval_every == 0 and step < total_steps:
+    if skipped:
+      message += f' skipped={skipped}'
+    if chief and config.eval_every and (epoch + 1) % config.eval_every == 0 and step < total_steps:
       values = run_eval(step)
       message += ' | eval ' + ' '.join(f'{k}={v:.4f}' for k, v in values.items())
     if config.verbose:
@@ -440,6 +714,10 @@ def train(config: TrainConfig, strategy=None, splits=None):
     else:
       logging.info('%s', message)
 
+  if not chief:
+    # The chief evaluates, exports and writes result.json; nothing after this needs the others.
+    shutil.rmtree(os.path.dirname(write_dir), ignore_errors=True)
+    return {'steps': step, 'chief': False, 'skipped_steps': skipped}
   result_path = os.path.join(model_dir, 'result.json')
   if start_step >= total_steps and os.path.exists(result_path):
     logging.info('The run in %s is already complete.', model_dir)
@@ -452,8 +730,10 @@ def train(config: TrainConfig, strategy=None, splits=None):
       'epochs': config.epochs, 'steps': step, 'train_examples': int(len(splits.y_train)),
       'test_examples': int(len(splits.y_test)), 'clean_accuracy': clean,
       'images_per_sec': timed_images / train_seconds if train_seconds else None,
-      'replicas': replicas, 'jit_compile': jit,
+      'replicas': replicas, 'jit_compile': jit, 'deterministic': config.deterministic,
   }
+  if config.nan_policy == 'skip_batch':
+    result['skipped_steps'] = skipped  # In this invocation; TensorBoard has every one.
   eval_values = {'test/accuracy': clean}
   if config.eval_attack_steps:
     key = f'pgd{config.eval_attack_steps}_accuracy'

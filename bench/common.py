@@ -60,7 +60,7 @@ def write(name, rows, columns, notes='', extra=None):
     cells = []
     for _, key in columns:
       v = row.get(key, '')
-      cells.append(f'{v:.3f}' if isinstance(v, float) else str(v))
+      cells.append('-' if v is None else f'{v:.3f}' if isinstance(v, float) else str(v))
     lines.append('| ' + ' | '.join(cells) + ' |')
   with open(os.path.join(RESULTS, f'{name}.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')

@@ -69,3 +69,19 @@ def test_sync_bn_flag():
 def test_unknown_model_lists_valid_names():
   with pytest.raises(UserError, match='unknown model "resnet9".*wrn-28-10'):
     models.build('resnet9', (32, 32, 3), 10)
+
+
+def test_initial_weights_differ_per_layer_and_follow_the_seed():
+  def build(seed):
+    keras.utils.set_random_seed(seed)
+    return models.build('wrn-16-4', (8, 8, 3), 10)
+  a, b, c = build(1), build(1), build(2)
+  kernels = [w.numpy() for w in a.weights if 'kernel' in w.path]
+  same_shape = [(i, j) for i in range(len(kernels)) for j in range(i + 1, len(kernels))
+                if kernels[i].shape == kernels[j].shape]
+  assert same_shape, 'wrn-16-4 has same-shaped conv layers'
+  for i, j in same_shape:
+    assert not np.array_equal(kernels[i], kernels[j])
+  for wa, wb, wc in zip(a.weights, b.weights, c.weights):
+    np.testing.assert_array_equal(wa.numpy(), wb.numpy())
+  assert any(not np.array_equal(wa.numpy(), wc.numpy()) for wa, wc in zip(a.weights, c.weights))

@@ -13,8 +13,21 @@ import keras
 from keras import layers
 import tensorflow as tf
 
-CONV_INIT = keras.initializers.VarianceScaling(2.0, 'fan_out', 'untruncated_normal')
-DENSE_INIT = keras.initializers.VarianceScaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+def conv_init():
+  """He normal with fan_out, as the official PyTorch code (kaiming_normal_, mode='fan_out').
+
+  A fresh initialiser per layer: an unseeded Keras 3 initialiser fixes its seed when it is
+  constructed, so one shared instance would give every same-shaped layer the same weights. A
+  fresh one draws its seed from Python's `random`, which `keras.utils.set_random_seed(--seed)`
+  seeds, so the initial weights follow --seed in every process.
+  """
+  return keras.initializers.VarianceScaling(2.0, 'fan_out', 'untruncated_normal')
+
+
+def dense_init():
+  """PyTorch's default nn.Linear weight init (uniform, bound 1/sqrt(fan_in)); fresh per layer."""
+  return keras.initializers.VarianceScaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 
 @keras.saving.register_keras_serializable('agkd_tf')
@@ -61,7 +74,7 @@ class Builder:
     else:
       padding = 'same'
     return layers.Conv2D(filters, kernel, strides=stride, padding=padding, use_bias=False,
-                         kernel_initializer=CONV_INIT, name=name)(x)
+                         kernel_initializer=conv_init(), name=name)(x)
 
   def bn_relu(self, x):
     return layers.ReLU()(self.bn()(x))
@@ -83,7 +96,7 @@ def finish(inputs, feature_map, num_classes, name):
   # float32 outputs under mixed precision: losses, attention maps and metrics stay exact.
   feature_map = layers.Activation('linear', dtype='float32', name='feature_map')(feature_map)
   embedding = layers.GlobalAveragePooling2D(name='embedding')(feature_map)
-  logits = layers.Dense(num_classes, kernel_initializer=DENSE_INIT, bias_initializer='zeros',
+  logits = layers.Dense(num_classes, kernel_initializer=dense_init(), bias_initializer='zeros',
                         dtype='float32', name='logits')(embedding)
   return keras.Model(inputs, {'logits': logits, 'embedding': embedding,
                               'feature_map': feature_map}, name=name)
