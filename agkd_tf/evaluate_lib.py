@@ -257,9 +257,15 @@ def _masking_flags(acc, extra):
   """Gradient-masking diagnostics from accuracies in percent."""
   flags = []
   pgd20 = acc.get('pgd20')
-  if pgd20 is not None and acc.get('aa') is not None and acc['aa'] < pgd20 - MASKING_GAP:
-    flags.append(f'AutoAttack ({acc["aa"]:.2f}%) is {pgd20 - acc["aa"]:.2f} points below PGD-20 '
-                 f'({pgd20:.2f}%): PGD is being fooled, a sign of gradient masking')
+  # AutoAttack may run on the first --aa_examples only: compare it with PGD-20 on those same
+  # points, not on the whole subset (a different sample would fake or hide a gap).
+  pgd20_aa = extra.get('pgd20_on_aa_examples', pgd20)
+  if pgd20_aa is not None and acc.get('aa') is not None and acc['aa'] < pgd20_aa - MASKING_GAP:
+    where = (f' on the same {extra["aa_examples"]} images'
+             if 'pgd20_on_aa_examples' in extra else '')
+    flags.append(f'AutoAttack ({acc["aa"]:.2f}%) is {pgd20_aa - acc["aa"]:.2f} points below '
+                 f'PGD-20 ({pgd20_aa:.2f}%){where}: PGD is being fooled, a sign of gradient '
+                 'masking')
   for key, label in (('pgd20_restarts', 'PGD-20 with 5 restarts'), ('pgd100', 'PGD-100')):
     value = extra.get(key, acc.get(key))
     if pgd20 is not None and value is not None and value < pgd20 - RESTART_GAP:
@@ -381,6 +387,8 @@ def evaluate(config: EvalConfig):
       adversarial[name] = x_adv
     times[name] = time.perf_counter() - start
     acc[name] = _pct(correct.mean())
+    if name == 'pgd20':
+      pgd20_correct = correct
     log(f'{name}: {acc[name]:.2f}% ({times[name]:.1f} s)')
   if 'aa' in config.attacks:
     from agkd_tf.attacks import autoattack  # pylint: disable=g-import-not-at-top
@@ -396,6 +404,9 @@ def evaluate(config: EvalConfig):
                                           'warnings', 'skipped', 'max_perturbation')}
     extra['aa_examples'] = n
     extra['aa_warnings'] = report['warnings']
+    if 'pgd20' in acc and n < len(runner.y):
+      extra['pgd20_on_aa_examples'] = _pct(pgd20_correct[:n].mean())
+      extra['clean_on_aa_examples'] = _pct(clean[:n].mean())
   if config.masking_checks and 'pgd20' in config.attacks:
     worst = None
     for r in range(5):
@@ -451,6 +462,10 @@ def evaluate(config: EvalConfig):
     md += ['AutoAttack components (points each removed):', '']
     md += [f'- {k}: {v} of {extra["aa"]["attacked"].get(k, 0)} attacked, '
            f'{extra["aa"]["time_s"].get(k, 0):.1f} s' for k, v in extra['aa']['flipped'].items()]
+    if 'pgd20_on_aa_examples' in extra:
+      md += ['', f'On the {extra["aa_examples"]} AutoAttack images: clean '
+             f'{extra["clean_on_aa_examples"]:.2f}%, PGD-20 {extra["pgd20_on_aa_examples"]:.2f}%, '
+             f'AA {acc["aa"]:.2f}%.']
     md.append('')
   md += ['Gradient-masking diagnostics: ' + ('none flagged.' if not flags else ''), '']
   md += [f'- {f}' for f in flags]

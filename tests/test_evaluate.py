@@ -114,6 +114,13 @@ def test_masking_flags():
   honest = {'clean': 80.0, 'pgd20': 45.0, 'cw20': 44.0, 'aa': 42.0}
   assert not evaluate_lib._masking_flags(honest, {'eps_sweep': {'0.01': 60.0, '0.03': 45.0,
                                                                  '0.06': 5.0}})
+  # AA on a subset is compared with PGD-20 on that same subset, in both directions.
+  subset = {'clean': 80.0, 'pgd20': 45.0, 'cw20': 44.0, 'aa': 30.0}
+  assert not evaluate_lib._masking_flags(subset, {'pgd20_on_aa_examples': 32.0,
+                                                  'aa_examples': 200})
+  hidden = {'clean': 80.0, 'pgd20': 35.0, 'cw20': 34.0, 'aa': 33.0}
+  assert 'on the same 200 images' in ' '.join(evaluate_lib._masking_flags(
+      hidden, {'pgd20_on_aa_examples': 45.0, 'aa_examples': 200}))
   masked = {'clean': 80.0, 'pgd20': 60.0, 'cw20': 58.0, 'aa': 33.0}
   flags = evaluate_lib._masking_flags(masked, {
       'pgd20_restarts': 50.0, 'transfer_pgd20': 40.0,
