@@ -31,3 +31,22 @@ def dense_network(input_shape=(8, 8, 3), num_classes=3, seed=0):
   logits = keras.layers.Dense(num_classes,
                               kernel_initializer=keras.initializers.GlorotUniform(seed + 1))(emb)
   return keras.Model(inputs, {'logits': logits, 'embedding': emb, 'feature_map': fm})
+
+
+def compile_with_sgd(method, network, lr):
+  """Compiles a method with the package's SGD (momentum 0.9, wd 5e-4) and builds its slots.
+
+  Call inside the strategy scope the method was built in.
+  """
+  from agkd_tf import optim  # pylint: disable=g-import-not-at-top
+  opt = optim.TorchSGD(lr, 0.9, False, 5e-4)
+  method.compile(optimizer=opt)
+  opt.build(network.trainable_variables)
+  return method
+
+
+def fixed_batch(splits, n):
+  """The first n training images (float32 in [0, 1]) and labels, as tensors."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return (tf.constant(splits.x_train[:n], tf.float32) / 255.0,
+          tf.constant(splits.y_train[:n], tf.int32))

@@ -13,7 +13,6 @@ from agkd_tf import data
 from agkd_tf import export_lib
 from agkd_tf import losses
 from agkd_tf import methods
-from agkd_tf import optim
 from agkd_tf import strategy_utils
 from agkd_tf import train_lib
 from agkd_tf.errors import UserError
@@ -124,15 +123,12 @@ def _method(splits, strategy=None, make=None, lr=0.05, **config):
     method = methods.build('agkd_bml', network, splits.num_classes,
                            methods.MethodConfig(**fields), teacher=teacher, class_bank=bank,
                            seed=5)
-    opt = optim.TorchSGD(lr, 0.9, False, 5e-4)
-    method.compile(optimizer=opt)
-    opt.build(network.trainable_variables)
+    helpers.compile_with_sgd(method, network, lr)
   return method, strategy
 
 
 def _batch(splits, n=16):
-  return (tf.constant(splits.x_train[:n], tf.float32) / 255.0,
-          tf.constant(splits.y_train[:n], tf.int32))
+  return helpers.fixed_batch(splits, n)
 
 
 def test_targeted_pgd_lowers_the_target_loss_and_stays_in_the_ball(splits):

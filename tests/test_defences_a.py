@@ -8,7 +8,6 @@ import tensorflow as tf
 from agkd_tf import data
 from agkd_tf import losses
 from agkd_tf import methods
-from agkd_tf import optim
 from agkd_tf import train_lib
 from agkd_tf.attacks import kl_pgd
 from tests import helpers
@@ -200,15 +199,12 @@ def _method(splits, name, lr=0.01, **config):
     network = helpers.dense_network(num_classes=splits.num_classes, seed=7)
     method = methods.build(name, network, splits.num_classes, methods.MethodConfig(**fields),
                            seed=5)
-    opt = optim.TorchSGD(lr, 0.9, False, 5e-4)
-    method.compile(optimizer=opt)
-    opt.build(network.trainable_variables)
+    helpers.compile_with_sgd(method, network, lr)
   return method, strategy
 
 
 def _batch(splits, n=32):
-  return (tf.constant(splits.x_train[:n], tf.float32) / 255.0,
-          tf.constant(splits.y_train[:n], tf.int32))
+  return helpers.fixed_batch(splits, n)
 
 
 def _adversarial_images(method, x, y):

@@ -192,19 +192,19 @@ class AGKDBML(base.Method):
         x2_adv = tf.stop_gradient(self._targeted_pgd(x2, y1, stream=2))
     return y_mc, x1_adv, x2, x2_adv
 
-  def _attention_pair(self, f_student, f_teacher, own_class, false_class):
-    kind = self.attention_kind
-    if kind == 'gradcam_orig':
-      classes = own_class
-    elif kind == 'gradcam_false':
-      classes = false_class
-    else:
-      classes = None
+  def _attention_maps(self, f_student, f_teacher, own_class, false_class, kind=None):
+    """(student map, teacher map as a constant) of one pair, for the attention `kind`."""
+    kind = kind or self.attention_kind
+    classes = false_class if kind == 'gradcam_false' else own_class
     kernel_s = classifier_kernel(self.network) if kind != 'channel_sum' else None
     kernel_t = classifier_kernel(self.teacher) if kind != 'channel_sum' else None
     a_s = attention(f_student, kind, kernel_s, classes)
     a_t = tf.stop_gradient(attention(f_teacher, kind, kernel_t, classes))
-    return tf.reduce_mean(tf.abs(a_s - a_t)), a_s, a_t
+    return a_s, a_t
+
+  def _attention_pair(self, f_student, f_teacher, own_class, false_class):
+    a_s, a_t = self._attention_maps(f_student, f_teacher, own_class, false_class)
+    return tf.reduce_mean(tf.abs(a_s - a_t))
 
   def compute_losses(self, images, labels):
     config = self.config
@@ -230,9 +230,9 @@ class AGKDBML(base.Method):
       teacher_in = [x1] + ([x2] if x2_adv is not None else [])
       f_teacher = tf.stop_gradient(
           self.teacher(tf.concat(teacher_in, 0), training=False)['feature_map'])
-      attn, _, _ = self._attention_pair(fmap[:batch], f_teacher[:batch], y1, y_mc)
+      attn = self._attention_pair(fmap[:batch], f_teacher[:batch], y1, y_mc)
       if x2_adv is not None:
-        attn2, _, _ = self._attention_pair(fmap[2 * batch:], f_teacher[batch:], y_mc, y1)
+        attn2 = self._attention_pair(fmap[2 * batch:], f_teacher[batch:], y_mc, y1)
         attn += attn2
 
     triplet = zero
@@ -267,10 +267,7 @@ class AGKDBML(base.Method):
     y_mc, x1_adv = self.forward_adversarial(images, y1)
     f_s = self.network(x1_adv, training=False)['feature_map']
     f_t = self.teacher(images, training=False)['feature_map']
-    own = y1
-    kernel_s = classifier_kernel(self.network) if kind != 'channel_sum' else None
-    kernel_t = classifier_kernel(self.teacher) if kind != 'channel_sum' else None
-    classes = y_mc if kind == 'gradcam_false' else own
-    return {'attention/student_adv': attention(f_s, kind, kernel_s, classes)[..., None],
-            'attention/teacher_clean': attention(f_t, kind, kernel_t, classes)[..., None],
+    a_s, a_t = self._attention_maps(f_s, f_t, y1, y_mc, kind)
+    return {'attention/student_adv': a_s[..., None],
+            'attention/teacher_clean': a_t[..., None],
             'attention/images_adv': x1_adv}
