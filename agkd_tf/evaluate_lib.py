@@ -225,10 +225,12 @@ class _Runner:
       preds.append(np.argmax(logits.numpy(), -1))
     return np.concatenate(preds) == self.y
 
-  def attack(self, name, eps=None, seed_offset=0, backend=None, keep=False):
+  def attack(self, name, eps=None, seed_offset=0, backend=None, keep=False, step_size=None):
     """Per-example correctness under attack `name` (and the adversarial images if `keep`)."""
     eps = self.config.eps if eps is None else eps
     attack = attacks_lib.get_attack(name)
+    if step_size is not None:
+      attack = dataclasses.replace(attack, step_size=step_size)
     fn = self._fn(attack, eps, backend or self.config.attack_backend)
     bs = self.config.batch_size
     n_batches = -(-len(self.y) // bs)
@@ -419,7 +421,11 @@ def evaluate(config: EvalConfig):
         # The same attack, eps and seeds as the PGD-20 column: reuse it, do not run it again.
         sweep[f'{e:.6f}'] = acc['pgd20']
         continue
-      (correct, _), _ = runner.attack('pgd20', eps=e)
+      # The step scales with eps (2/255 at the evaluation eps): a fixed 2/255 step is too
+      # small to cross a 16/255 ball's worth of loss surface in 20 steps, and would flag a
+      # weak attack as masking; too large a step at 2/255 would just bounce off the ball.
+      step = attacks_lib.DEFAULT_STEP_SIZE * e / config.eps
+      (correct, _), _ = runner.attack('pgd20', eps=e, step_size=step)
       sweep[f'{e:.6f}'] = _pct(correct.mean())
     extra['eps_sweep'] = sweep
     _eps_plot(sweep, os.path.join(output_dir, 'eps_sweep.png'), model.name)

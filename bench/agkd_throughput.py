@@ -30,10 +30,6 @@ import agkd_tf  # pylint: disable=g-import-not-at-top,unused-import,wrong-import
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from agkd_tf import data  # pylint: disable=g-import-not-at-top,wrong-import-position
-from agkd_tf import methods  # pylint: disable=g-import-not-at-top,wrong-import-position
-from agkd_tf import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from agkd_tf import optim  # pylint: disable=g-import-not-at-top,wrong-import-position
-from agkd_tf import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from agkd_tf.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bench import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -49,30 +45,8 @@ flags.DEFINE_string('dataset', 'folder:../shared/data/cifar10-jpeg',
 FLAGS = flags.FLAGS
 
 
-def _build(method_name, model_name, splits, steps):
-  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
-  config = train_lib.TrainConfig(model_dir='unused', model=model_name, method=method_name,
-                                 attack_steps=steps)
-  mean, std = splits.channel_stats()
-  with strategy.scope():
-    network = models.build(model_name, splits.image_shape, splits.num_classes, mean, std)
-    teacher = bank = None
-    if method_name == 'agkd_bml':
-      teacher = models.build(model_name, splits.image_shape, splits.num_classes, mean, std)
-      teacher.trainable = False
-      network.set_weights(teacher.get_weights())
-      bank = data.ClassBank(splits.x_train, splits.y_train, splits.num_classes)
-    method = methods.build(method_name, network, splits.num_classes,
-                           train_lib.method_config(config, splits.flip), teacher=teacher,
-                           class_bank=bank, seed=0)
-    opt = optim.TorchSGD(0.01, 0.9, False, 5e-4)
-    method.compile(optimizer=opt)
-    opt.build(network.trainable_variables)
-  return method, train_lib.make_step_fn(method, strategy, False)
-
-
 def _runner(method_name, model_name, splits, attack_steps, steps):
-  method, step = _build(method_name, model_name, splits, attack_steps)
+  method, step = common.build_training(method_name, model_name, splits, attack_steps)
 
   def run(epoch):
     it = iter(pipeline.train_dataset(splits.x_train, splits.y_train, FLAGS.batch_size, epoch, 0))

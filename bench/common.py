@@ -65,3 +65,43 @@ def write(name, rows, columns, notes='', extra=None):
   with open(os.path.join(RESULTS, f'{name}.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   print('\n'.join(lines))
+
+
+def build_training(method_name, model_name, splits, attack_steps, device='/cpu:0',
+                   jit_compile=False):
+  """A compiled training step of `method_name` on fresh weights, as the benchmarks time it.
+
+  AGKD-BML gets a teacher of the same architecture (untrained: speed does not depend on the
+  weights) and the class bank of `splits`' training images. Build under the Keras precision
+  policy the caller has set.
+
+  Returns:
+    (method, step_fn) with step_fn(iterator) -> logs, as `train_lib.make_step_fn` makes it.
+  """
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from agkd_tf import data
+  from agkd_tf import methods
+  from agkd_tf import models
+  from agkd_tf import optim
+  from agkd_tf import train_lib
+  # pylint: enable=g-import-not-at-top
+  strategy = tf.distribute.OneDeviceStrategy(device)
+  config = train_lib.TrainConfig(model_dir='unused', model=model_name, method=method_name,
+                                 attack_steps=attack_steps)
+  mean, std = splits.channel_stats()
+  with strategy.scope():
+    network = models.build(model_name, splits.image_shape, splits.num_classes, mean, std)
+    teacher = bank = None
+    if method_name == 'agkd_bml':
+      teacher = models.build(model_name, splits.image_shape, splits.num_classes, mean, std)
+      teacher.trainable = False
+      network.set_weights(teacher.get_weights())
+      bank = data.ClassBank(splits.x_train, splits.y_train, splits.num_classes)
+    method = methods.build(method_name, network, splits.num_classes,
+                           train_lib.method_config(config, splits.flip), teacher=teacher,
+                           class_bank=bank, seed=0)
+    opt = optim.TorchSGD(0.01, 0.9, False, 5e-4)
+    method.compile(optimizer=opt)
+    opt.build(network.trainable_variables)
+  return method, train_lib.make_step_fn(method, strategy, jit_compile)

@@ -167,3 +167,19 @@ def test_evaluate_binary_bad_input(tmp_path):
   assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith('error: ')
 
 
+
+
+def test_eps_sweep_step_is_passed_to_the_attack():
+  # The eps sweep scales PGD's step with eps; the runner must really use the step it is given.
+  w = tf.random.stateless_normal((8 * 8 * 3, 3), seed=(0, 1))
+
+  class Linear:
+    logits_fn = staticmethod(lambda x: tf.reshape(x, (-1, 8 * 8 * 3)) @ w)
+
+  x = tf.fill((4, 8, 8, 3), 0.5).numpy()
+  y = tf.constant([0, 1, 2, 0]).numpy()
+  runner = evaluate_lib._Runner(Linear, x, y, _config(None))
+  _, default_dev = runner.attack('bim1', eps=16 / 255)
+  _, scaled_dev = runner.attack('bim1', eps=16 / 255, step_size=4 / 255)
+  assert abs(default_dev - attacks_lib.DEFAULT_STEP_SIZE) < 1e-6
+  assert abs(scaled_dev - 4 / 255) < 1e-6

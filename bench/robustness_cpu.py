@@ -1,0 +1,231 @@
+r"""The CPU-scale robustness table: trains and evaluates every method on one budget.
+
+Wang et al., ICCV 2021 (AGKD-BML), Table 1 layout with an AutoAttack column, at the scale of a
+2-core CPU: cnn-cpu on the shared CIFAR-10 JPEG folder, the class-balanced 10,000-image training
+subset, 8 epochs and the optimiser of flags/cifar10_agkd_bml_cpu.cfg for every defence
+(flags/bench_cpu/*.cfg, flags/cifar10_at_cpu.cfg). The UM row is the natural model that is also
+AGKD-BML's teacher (flags/cifar10_natural_cpu.cfg: all 50,000 images, 12 epochs).
+
+Each row is one `python -m agkd_tf.train` and one `python -m agkd_tf.evaluate` subprocess, so the
+driver is resumable: a row whose run holds result.json is not trained again, a killed training
+resumes from its last checkpoint, and an evaluation whose eval.json was made with the same
+settings is not repeated. Each row's training and evaluation fits in one background job of under
+an hour, so the table can be built in chunks across sessions:
+
+  python bench/robustness_cpu.py --rows=at,trades --stages=train,eval   # one chunk
+  python bench/robustness_cpu.py --stages=table                        # the table, any time
+
+The table (bench/results/robustness_cpu.{md,json}) holds every row evaluated so far; rows not yet
+evaluated are listed as missing under it rather than left out silently.
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  key: str
+  name: str
+  flagfile: str
+  extra: tuple = ()
+  ablation: bool = False
+
+
+_AGKD = 'flags/cifar10_agkd_bml_cpu.cfg'
+ROWS = (
+    Row('um', 'UM', 'flags/cifar10_natural_cpu.cfg'),
+    Row('at', 'AT', 'flags/cifar10_at_cpu.cfg'),
+    Row('alp', 'ALP', 'flags/bench_cpu/alp.cfg'),
+    Row('trades', 'TRADES', 'flags/bench_cpu/trades.cfg'),
+    Row('mart', 'MART', 'flags/bench_cpu/mart.cfg'),
+    Row('sml', 'SML', 'flags/bench_cpu/sml.cfg'),
+    Row('bilateral', 'Bilateral', 'flags/bench_cpu/bilateral.cfg'),
+    Row('fs', 'FS', 'flags/bench_cpu/feature_scatter.cfg'),
+    Row('cat', 'CAT', 'flags/bench_cpu/cat.cfg'),
+    Row('agkd_bml', 'AGKD-BML', _AGKD),
+    # The paper's ablations (Table 3 and section 4.3), each changing one switch of AGKD-BML.
+    Row('agkd_only', 'AGKD only', _AGKD, ('--metric=none',), ablation=True),
+    Row('bml_only', 'BML only', _AGKD, ('--attention=none',), ablation=True),
+    Row('agkd_sml', 'AGKD+SML', _AGKD, ('--metric=sml',), ablation=True),
+    Row('att_gradcam_orig', 'AGKD-BML, Grad-CAM (true class)', _AGKD,
+        ('--attention=gradcam_orig',), ablation=True),
+    Row('att_gradcam_false', 'AGKD-BML, Grad-CAM (false class)', _AGKD,
+        ('--attention=gradcam_false',), ablation=True),
+    Row('att_cam_avg', 'AGKD-BML, CAM average', _AGKD, ('--attention=cam_avg',), ablation=True),
+)
+_BY_KEY = {r.key: r for r in ROWS}
+_TEACHER_ROWS = {'agkd_bml', 'agkd_only', 'bml_only', 'agkd_sml', 'att_gradcam_orig',
+                 'att_gradcam_false', 'att_cam_avg'}
+
+flags.DEFINE_list('rows', [r.key for r in ROWS], 'Rows to work on: ' +
+                  ', '.join(r.key for r in ROWS) + '.')
+flags.DEFINE_list('stages', ['train', 'eval', 'table'], 'train, eval and/or table.')
+flags.DEFINE_string('runs_dir', 'runs/robustness_cpu', 'One run directory per row under here.')
+flags.DEFINE_list('attacks', ['clean', 'fgsm', 'bim10', 'pgd10', 'pgd20', 'cw10', 'cw20', 'mim40',
+                              'aa'], 'Attacks of the evaluation.')
+flags.DEFINE_integer('num_examples', 500, 'Class-balanced test images per evaluation.')
+flags.DEFINE_integer('aa_examples', 500, 'AutoAttack images for the main rows.')
+flags.DEFINE_integer('aa_examples_ablation', 200, 'AutoAttack images for the ablation rows.')
+flags.DEFINE_bool('knn', True, 'k-NN / softmax accuracy (Table 6) in each evaluation.')
+flags.DEFINE_string('name', 'robustness_cpu', 'Result file name under --results_dir.')
+flags.DEFINE_string('results_dir', common.RESULTS, 'Where the table goes.')
+flags.DEFINE_list('train_flags', [], 'More flags for every training, e.g. --max_steps=2.')
+flags.DEFINE_list('eval_flags', [], 'More flags for every evaluation.')
+FLAGS = flags.FLAGS
+
+
+def _run_dir(row):
+  return os.path.join(FLAGS.runs_dir, row.key)
+
+
+def _eval_settings(row):
+  return {'attacks': list(FLAGS.attacks), 'num_examples': FLAGS.num_examples,
+          'aa_examples': FLAGS.aa_examples_ablation if row.ablation else FLAGS.aa_examples,
+          'knn': FLAGS.knn, 'eval_flags': list(FLAGS.eval_flags)}
+
+
+def _call(cmd, log_path):
+  """Runs one binary with its output in log_path; returns (exit code, seconds)."""
+  print(f'$ {" ".join(cmd)}  (log: {log_path})', flush=True)
+  start = time.time()
+  with open(log_path, 'a') as log:
+    log.write(f'\n$ {" ".join(cmd)}\n')
+    log.flush()
+    code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+  return code, time.time() - start
+
+
+def train(row):
+  run = _run_dir(row)
+  if os.path.isfile(os.path.join(run, 'result.json')):
+    print(f'{row.key}: trained already ({run})')
+    return True
+  os.makedirs(run, exist_ok=True)
+  cmd = [sys.executable, '-m', 'agkd_tf.train', f'--flagfile={row.flagfile}',
+         f'--model_dir={run}', '--verbose=2', *row.extra, *FLAGS.train_flags]
+  if row.key in _TEACHER_ROWS:
+    teacher = _run_dir(_BY_KEY['um'])
+    if not os.path.isfile(os.path.join(teacher, 'result.json')):
+      print(f'{row.key}: needs the UM row (its teacher) trained first; skipped')
+      return False
+    cmd.append(f'--teacher_dir={teacher}')
+  code, seconds = _call(cmd, os.path.join(run, 'train.log'))
+  print(f'{row.key}: training exit {code} after {seconds:.0f} s')
+  return code == 0
+
+
+def evaluate(row):
+  run = _run_dir(row)
+  out = os.path.join(run, 'eval_table')
+  settings = _eval_settings(row)
+  settings_path = os.path.join(out, 'settings.json')
+  if os.path.isfile(os.path.join(out, 'eval.json')) and os.path.isfile(settings_path):
+    with open(settings_path) as f:
+      if json.load(f) == settings:
+        print(f'{row.key}: evaluated already ({out})')
+        return True
+  if not os.path.isfile(os.path.join(run, 'result.json')):
+    print(f'{row.key}: not trained yet; evaluation skipped')
+    return False
+  os.makedirs(out, exist_ok=True)
+  cmd = [sys.executable, '-m', 'agkd_tf.evaluate', f'--model_dir={run}', f'--output_dir={out}',
+         f'--attacks={",".join(settings["attacks"])}', f'--num_examples={FLAGS.num_examples}',
+         f'--aa_examples={settings["aa_examples"]}', f'--knn={str(FLAGS.knn).lower()}',
+         '--verbose=0', *FLAGS.eval_flags]
+  code, seconds = _call(cmd, os.path.join(out, 'evaluate.log'))
+  print(f'{row.key}: evaluation exit {code} after {seconds:.0f} s')
+  if code == 0:
+    # Written last, so a killed evaluation is never mistaken for a finished one.
+    with open(settings_path, 'w') as f:
+      json.dump(settings, f)
+  return code == 0
+
+
+def _pct(value):
+  return None if value is None else round(float(value), 2)
+
+
+def table_row(row):
+  """The row's figures, or None when it has not been trained and evaluated."""
+  run = _run_dir(row)
+  try:
+    with open(os.path.join(run, 'result.json')) as f:
+      result = json.load(f)
+    with open(os.path.join(run, 'eval_table', 'eval.json')) as f:
+      ev = json.load(f)
+  except OSError:
+    return None
+  acc = ev['accuracy']
+  out = {'method': row.name, 'row': row.key}
+  for key in FLAGS.attacks:
+    out[key] = _pct(acc.get(key))
+  out['aa_n'] = ev.get('aa_examples') if 'aa' in FLAGS.attacks else None
+  knn = ev.get('knn') or {}
+  for k in ('clean', 'pgd20'):
+    pair = knn.get(k) or {}
+    out[f'knn_{k}'] = (f'{pair["knn"]:.2f} / {pair["softmax"]:.2f}'
+                       if 'knn' in pair and 'softmax' in pair else None)
+  ips = result.get('images_per_sec')
+  out['train_examples'] = result.get('train_examples')
+  out['epochs'] = result.get('epochs')
+  out['sec_per_epoch'] = (round(result['train_examples'] / ips, 1)
+                          if ips and result.get('train_examples') else None)
+  out['masking'] = '; '.join(ev.get('masking_flags') or []) or 'none'
+  return out
+
+
+def table():
+  rows, missing = [], []
+  for key in FLAGS.rows:
+    figures = table_row(_BY_KEY[key])
+    (rows.append(figures) if figures else missing.append(key))
+  columns = [('method', 'method')] + [(a.upper() if a != 'clean' else 'clean', a)
+                                      for a in FLAGS.attacks]
+  if 'aa' in FLAGS.attacks:
+    columns.append(('AA images', 'aa_n'))
+  if FLAGS.knn:
+    columns += [('k-NN / softmax clean', 'knn_clean'), ('k-NN / softmax PGD-20', 'knn_pgd20')]
+  columns += [('train images', 'train_examples'), ('epochs', 'epochs'),
+              ('train s/epoch', 'sec_per_epoch'), ('masking flags', 'masking')]
+  notes = (f'Accuracy (%) under L-inf eps = 8/255 on {FLAGS.num_examples} class-balanced shared '
+           'CIFAR-10 JPEG test images (AutoAttack on the first "AA images" of them). Every '
+           'defence trains cnn-cpu on the same class-balanced 10,000-image subset for 8 epochs '
+           'with the optimiser of flags/cifar10_agkd_bml_cpu.cfg; UM is the natural teacher '
+           '(50,000 images, 12 epochs). Runs in ' + FLAGS.runs_dir + '.')
+  if missing:
+    notes += ' Not yet trained and evaluated: ' + ', '.join(missing) + '.'
+  common.RESULTS = FLAGS.results_dir
+  common.write(FLAGS.name, rows, columns, notes=notes, extra={'missing': missing})
+
+
+def main(argv):
+  del argv
+  unknown = [k for k in FLAGS.rows if k not in _BY_KEY]
+  if unknown:
+    raise app.UsageError(f'unknown rows {unknown}; valid: {", ".join(_BY_KEY)}')
+  for key in FLAGS.rows:
+    row = _BY_KEY[key]
+    if 'train' in FLAGS.stages and not train(row):
+      continue
+    if 'eval' in FLAGS.stages:
+      evaluate(row)
+  if 'table' in FLAGS.stages:
+    table()
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,94 @@
+"""Benchmark drivers: the CPU robustness table and the GPU throughput script.
+
+The table driver must train, evaluate, resume and tabulate; the GPU script must run tiny on the
+CPU and refuse to write GPU results there.
+
+The end-to-end test runs the real binaries on the shared CIFAR-10 folder, shrunk with
+--train_flags/--eval_flags to a few steps and images so that it takes seconds, not the table's
+hours.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import tensorflow as tf
+
+from tests.conftest import REPO
+
+_DRIVER = os.path.join(REPO, 'bench', 'robustness_cpu.py')
+
+
+def _driver(tmp_path, *args):
+  return subprocess.run(
+      [sys.executable, _DRIVER, f'--runs_dir={tmp_path / "runs"}',
+       f'--results_dir={tmp_path / "results"}', '--name=table', *args],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def test_every_row_names_an_existing_flagfile():
+  sys.path.insert(0, REPO)
+  from bench import robustness_cpu  # pylint: disable=g-import-not-at-top
+  keys = [r.key for r in robustness_cpu.ROWS]
+  assert len(keys) == len(set(keys))
+  assert {'um', 'at', 'alp', 'trades', 'mart', 'sml', 'bilateral', 'fs', 'cat', 'agkd_bml',
+          'agkd_only', 'bml_only', 'agkd_sml', 'att_gradcam_orig', 'att_gradcam_false',
+          'att_cam_avg'} == set(keys)
+  for row in robustness_cpu.ROWS:
+    assert os.path.isfile(os.path.join(REPO, row.flagfile)), row.flagfile
+
+
+def test_driver_trains_evaluates_resumes_and_tabulates(tmp_path, shared_cifar):
+  del shared_cifar
+  args = ['--rows=fs,agkd_only', '--train_flags=--train_examples=100,--max_steps=2,'
+          '--batch_size=16,--eval_examples=20', '--attacks=clean,fgsm', '--num_examples=20',
+          '--knn=false']
+  first = _driver(tmp_path, *args)
+  assert first.returncode == 0, first.stdout + first.stderr
+  # AGKD-BML rows wait for their teacher, the UM row, instead of failing half-way.
+  assert 'agkd_only: needs the UM row' in first.stdout
+  fs_run = tmp_path / 'runs' / 'fs'
+  assert (fs_run / 'result.json').is_file()
+  assert (fs_run / 'eval_table' / 'settings.json').is_file()
+
+  second = _driver(tmp_path, *args)
+  assert second.returncode == 0, second.stdout + second.stderr
+  assert 'fs: trained already' in second.stdout
+  assert 'fs: evaluated already' in second.stdout
+
+  table = json.loads((tmp_path / 'results' / 'table.json').read_text())
+  assert table['missing'] == ['agkd_only']
+  (row,) = table['rows']
+  evaluation = json.loads((fs_run / 'eval_table' / 'eval.json').read_text())
+  assert row['method'] == 'FS'
+  assert row['clean'] == round(evaluation['accuracy']['clean'], 2)
+  assert row['train_examples'] == 100
+  md = (tmp_path / 'results' / 'table.md').read_text()
+  assert '| FS |' in md and 'Not yet trained and evaluated: agkd_only' in md
+
+
+def test_driver_rejects_unknown_rows(tmp_path):
+  proc = _driver(tmp_path, '--rows=nope', '--stages=table')
+  assert proc.returncode != 0
+  assert 'unknown rows' in proc.stderr
+
+
+def test_gpu_throughput_script_runs_tiny_on_the_cpu(tmp_path):
+  script = os.path.join(REPO, 'bench', 'gpu_throughput.py')
+  proc = subprocess.run(
+      [sys.executable, script, '--model=cnn-cpu', '--batch_size=8', '--seconds=0.5',
+       '--bank_examples=200', '--jit=false', '--precision=float32',
+       f'--results_dir={tmp_path}'], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  result = json.loads((tmp_path / 'gpu.json').read_text())
+  agkd, at = result['rows']
+  assert agkd['method'] == 'AGKD-BML K=2' and at['method'] == 'AT-7'
+  for row in (agkd, at):
+    assert row['img_per_s'] > 0
+    assert abs(row['epoch_s'] - 50000 / row['img_per_s']) < 1e-6 * row['epoch_s']
+  # Without a GPU the script refuses to write the GPU result files.
+  if not tf.config.list_logical_devices('GPU'):
+    proc = subprocess.run([sys.executable, script, '--model=cnn-cpu'], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and 'no GPU here' in proc.stderr
