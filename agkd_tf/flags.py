@@ -125,6 +125,10 @@ def define_train_flags():
                        '--strategy=mirrored without GPUs).', lower_bound=1, upper_bound=64)
   flags.DEFINE_enum('jit_compile', 'auto', ['auto', 'true', 'false'],
                     'XLA for the train step (auto: on for GPU, off for CPU).')
+  flags.DEFINE_enum('attack_dtype', 'auto', ['auto', 'float32', 'bfloat16'],
+                    'Compute dtype of the training-time attacks (auto: the network\'s own). '
+                    'bfloat16 pays off only where the hardware has it (GPUs, AMX CPUs); '
+                    'evaluation attacks are always float32.')
   flags.DEFINE_enum('mixed_precision', 'auto', ['auto', 'bfloat16', 'float16', 'float32'],
                     'Compute precision (auto: bfloat16 on GPU, float32 on CPU); logits stay '
                     'float32.')

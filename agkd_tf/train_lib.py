@@ -86,6 +86,7 @@ class TrainConfig:
   margin: float = 0.03
   norm_weight: float = 0.001
   trades_beta: float = 6.0
+  attack_dtype: str = 'auto'
   cat_loss: str = 'ce'
   epochs: int = 200
   batch_size: int = 128
@@ -291,7 +292,8 @@ def method_config(config, flip=True, num_train=0):
       cat_loss=config.cat_loss, eps=config.eps, step_size=config.step_size,
       attack_steps=config.attack_steps, mart=config.mart, mart_beta=config.mart_beta,
       attention=config.attention, metric=config.metric, metric_weight=config.metric_weight,
-      margin=config.margin, norm_weight=config.norm_weight)
+      margin=config.margin, norm_weight=config.norm_weight,
+      attack_dtype=None if config.attack_dtype == 'auto' else config.attack_dtype)
 
 
 def load_teacher(teacher_dir, config, splits):

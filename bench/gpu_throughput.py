@@ -1,4 +1,4 @@
-r"""GPU training throughput of AGKD-BML (K = 2) and AT-7 on WRN-28-10, as seconds per CIFAR-10 epoch.
+r"""GPU training throughput of AGKD-BML (K = 2) and AT-7 on WRN-28-10, per CIFAR-10 epoch.
 
 Wang et al., ICCV 2021, supplementary Table 4: on a V100, AGKD-BML with K = 2 took 528 s per
 CIFAR-10 epoch and AT with PGD-7 502 s. This script times both training steps on one GPU with

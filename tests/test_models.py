@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from agkd_tf import models
 from agkd_tf.errors import UserError
@@ -85,3 +86,59 @@ def test_initial_weights_differ_per_layer_and_follow_the_seed():
   for wa, wb, wc in zip(a.weights, b.weights, c.weights):
     np.testing.assert_array_equal(wa.numpy(), wb.numpy())
   assert any(not np.array_equal(wa.numpy(), wc.numpy()) for wa, wc in zip(a.weights, c.weights))
+
+
+
+def _conv_dtypes(fn, *args):
+  """The dtypes of every Conv2D in fn's graph, including loop bodies (library functions)."""
+  graph_def = fn.get_concrete_function(*args).graph.as_graph_def()
+  nodes = list(graph_def.node)
+  for function in graph_def.library.function:
+    nodes += list(function.node_def)
+  return {tf.dtypes.as_dtype(n.attr['T'].type) for n in nodes if n.op == 'Conv2D'}
+
+
+def _policies(net):
+  layers = net._flatten_layers()  # pylint: disable=protected-access
+  return {layer.dtype_policy.name for layer in layers}
+
+
+def test_compute_dtype_switches_the_traced_call_and_restores_the_policies():
+  net = models.build('cnn-cpu', (32, 32, 3), 10)
+  x = tf.random.stateless_uniform((4, 32, 32, 3), (0, 1))
+  ref = net(x, training=False)['logits']
+
+  @tf.function
+  def bf16_call(v):
+    with models.compute_dtype(net, 'bfloat16'):
+      return net(v, training=False)['logits']
+
+  assert _conv_dtypes(bf16_call, x) == {tf.bfloat16}
+  scale = float(tf.reduce_max(tf.abs(ref)))
+  np.testing.assert_allclose(tf.cast(bf16_call(x), tf.float32), ref, atol=0.05 * scale)
+  assert _policies(net) == {'float32'}
+  assert _conv_dtypes(tf.function(lambda v: net(v, training=False)['logits']), x) == {tf.float32}
+  with pytest.raises(RuntimeError):
+    with models.compute_dtype(net, 'bfloat16'):
+      raise RuntimeError('restored even on an exception')
+  assert _policies(net) == {'float32'}
+
+
+@pytest.mark.parametrize('attack_dtype', [None, 'bfloat16'])
+def test_attack_dtype_reaches_the_training_attack_only(attack_dtype):
+  from agkd_tf import methods  # pylint: disable=g-import-not-at-top
+  net = models.build('cnn-cpu', (32, 32, 3), 10)
+  method = methods.build('at', net, 10, methods.MethodConfig(
+      label_smoothing=0.0, eps=8 / 255, step_size=2 / 255, attack_steps=2,
+      attack_dtype=attack_dtype))
+  x = tf.random.stateless_uniform((4, 32, 32, 3), (0, 2))
+  y = tf.constant([0, 1, 2, 3])
+  attack = tf.function(method.adversarial)
+  attack_dtype = tf.bfloat16 if attack_dtype else tf.float32
+  assert _conv_dtypes(attack, x, y) == {attack_dtype}
+  x_adv = attack(x, y)
+  assert x_adv.dtype == tf.float32
+  assert float(tf.reduce_max(tf.abs(x_adv - x))) <= 8 / 255 + 1e-6
+  # The whole loss holds the attack's convolutions and the weight update's own float32 pass.
+  loss = tf.function(lambda a, b: method.compute_losses(a, b)[0]['loss'])
+  assert _conv_dtypes(loss, x, y) == {attack_dtype, tf.float32}

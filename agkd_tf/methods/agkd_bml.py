@@ -149,7 +149,7 @@ class AGKDBML(base.Method):
 
   def _targeted_pgd(self, x, target, stream):
     config = self.config
-    return attacks.pgd(lambda v: self.network(v, training=False)['logits'], x, target,
+    return attacks.pgd(self.attack_logits, x, target,
                        config.eps, config.step_size, config.attack_steps, targeted=True,
                        start=self._uniform_start(x, stream))
 

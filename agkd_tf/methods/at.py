@@ -24,8 +24,8 @@ class MadryAT(base.Method):
     config = self.config
     seed = tf.cast(self.rng.make_seeds(1)[:, 0], tf.int32)
     return tf.stop_gradient(attacks.pgd(
-        lambda x: self.network(x, training=False)['logits'], images, labels, config.eps,
-        config.step_size, config.attack_steps, random_start=True, seed=seed))
+        self.attack_logits, images, labels, config.eps, config.step_size, config.attack_steps,
+        random_start=True, seed=seed))
 
   def compute_losses(self, images, labels):
     x_adv = self.adversarial(images, labels)

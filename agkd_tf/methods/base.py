@@ -18,6 +18,8 @@ values, return `{name: value}`. What the base adds, so each method only writes i
 import keras
 import tensorflow as tf
 
+from agkd_tf import models
+
 
 class Method(keras.Model):
   """Base class of the methods.
@@ -68,6 +70,15 @@ class Method(keras.Model):
 
   def call(self, images, training=False):
     return self.network(images, training=training)
+
+  def attack_logits(self, images):
+    """The network's BN-eval logits as the training-time attacks see them (float32).
+
+    They are computed in `--attack_dtype` (`config.attack_dtype`; None: the network's own).
+    """
+    with models.compute_dtype(self.network, self.config.get('attack_dtype')):
+      logits = self.network(images, training=False)['logits']
+    return tf.cast(logits, tf.float32)
 
   @property
   def metrics(self):

@@ -35,7 +35,7 @@ class Bilateral(base.Method):
   def adversarial(self, images, labels):
     """(clean BN-eval logits, x'), both constants for the weight update."""
     config = self.config
-    model_fn = lambda x: self.network(x, training=False)['logits']
+    model_fn = self.attack_logits
     logits_clean = tf.stop_gradient(model_fn(images))
     target = attacks.most_confusing_labels(logits_clean, labels)
     seed = tf.cast(self.rng.make_seeds(1)[:, 0], tf.int32)

@@ -140,7 +140,7 @@ class CAT(base.Method):
       with tf.GradientTape() as tape:
         tape.watch(x_adv)
         objective = tf.reduce_sum(self.example_loss(
-            self.network(x_adv, training=False)['logits'], labels, targets))
+            self.attack_logits(x_adv), labels, targets))
       grad = tape.gradient(objective, x_adv)
       return i + 1, tf.stop_gradient(
           attacks.project(x_adv + config.step_size * tf.sign(grad), x, eps))

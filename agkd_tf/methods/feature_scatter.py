@@ -58,7 +58,7 @@ class FeatureScatter(base.Method):
     """
     eps = self.config.eps
     x = tf.convert_to_tensor(images, tf.float32)
-    logits = lambda v: self.network(v, training=False)['logits']
+    logits = self.attack_logits
     seed = tf.cast(self.rng.make_seeds(1)[:, 0], tf.int32)
     x0 = x + eps * tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0)
     z_clean = tf.stop_gradient(logits(x))

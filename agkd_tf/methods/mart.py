@@ -28,7 +28,7 @@ class MART(trades.TRADES):
 
   def adversarial(self, images, labels):
     config = self.config
-    x_adv = attacks.pgd(self.inference_logits, images, labels, config.eps, config.step_size,
+    x_adv = attacks.pgd(self.attack_logits, images, labels, config.eps, config.step_size,
                         config.attack_steps, start=self.attack_start(images))
     return attacks.project(x_adv, images, config.eps)
 

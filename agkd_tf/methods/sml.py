@@ -104,7 +104,7 @@ class SML(base.Method):
     labels = tf.cast(labels, tf.int32)
     seeds = tf.cast(self.rng.make_seeds(5), tf.int32)
     x_adv = tf.stop_gradient(attacks.pgd(
-        lambda x: self._embed(x, False)['logits'], images, labels, config.eps,
+        self.attack_logits, images, labels, config.eps,
         config.step_size, config.attack_steps, random_start=True, seed=seeds[:, 4]))
     batch = tf.shape(images)[0]
     pool, pool_labels = self.draw_pool(POOL_FACTOR * batch, seeds)

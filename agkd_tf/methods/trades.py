@@ -35,13 +35,10 @@ class TRADES(base.Method):
     seed = tf.cast(self.rng.make_seeds(1)[:, 0], tf.int32)
     return gaussian_start(images, seed)
 
-  def inference_logits(self, images):
-    return self.network(images, training=False)['logits']
-
   def adversarial(self, images, labels):
     del labels  # The KL attack needs only the clean prediction.
     config = self.config
-    return kl_pgd(self.inference_logits, images, config.eps, config.step_size,
+    return kl_pgd(self.attack_logits, images, config.eps, config.step_size,
                   config.attack_steps, self.attack_start(images))
 
   def objective(self, logits_clean, logits_adv, labels):

@@ -6,6 +6,7 @@ Every model maps float32 NHWC images in [0, 1] to a dict with `logits` [B, K], `
 losses need. Per-channel normalisation is the model's first layer.
 """
 
+import contextlib
 import functools
 
 import keras
@@ -37,6 +38,38 @@ register('cnn-cpu', cnn.cnn_cpu)
 
 def names():
   return sorted(_MODELS)
+
+
+@contextlib.contextmanager
+def compute_dtype(network, dtype):
+  """Calls of `network` inside this context compute in `dtype`; its variables stay as they are.
+
+  Training-time attacks may run in bfloat16 while the weight update stays float32 (or the
+  reverse). Keras 3 reads a layer's dtype policy when the layer is called, so switching every
+  layer to `mixed_bfloat16` around a call inside a tf.function traces that call with bfloat16
+  ops (variables cast on read) and leaves the rest of the graph as it was. Calls are traced one
+  replica at a time, so the switch never leaks into another replica's pass.
+
+  Args:
+    network: a Keras model of the zoo.
+    dtype: 'float32', 'bfloat16', or None to leave the network's own policy.
+
+  Yields:
+    Nothing; the policies are restored on exit, even on an exception.
+  """
+  if dtype is None:
+    yield
+    return
+  policy = 'float32' if dtype == 'float32' else f'mixed_{dtype}'
+  layers = list(network._flatten_layers(include_self=True))  # pylint: disable=protected-access
+  saved = [layer.dtype_policy for layer in layers]
+  try:
+    for layer in layers:
+      layer.dtype_policy = policy
+    yield
+  finally:
+    for layer, old in zip(layers, saved):
+      layer.dtype_policy = old
 
 
 def validate_name(name):
