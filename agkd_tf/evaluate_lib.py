@@ -58,6 +58,7 @@ class EvalConfig:
   eps: float = 8 / 255
   num_examples: int = 1000
   aa_examples: int = 0
+  aa_version: str = 'standard'
   batch_size: int = 256
   seed: int = 0
   attack_backend: str = 'native'
@@ -292,7 +293,7 @@ def _masking_flags(acc, extra):
                    'attack should approach 0%')
   if extra.get('random_outputs'):
     flags.append('the model gives different outputs for the same input across passes '
-                 '(randomised defence): use EOT attacks (AutoAttack version=rand)')
+                 '(randomised defence): use EOT attacks (--aa_version=rand)')
   return flags
 
 
@@ -346,6 +347,9 @@ def evaluate(config: EvalConfig):
   if config.attack_backend not in ('native', 'cleverhans'):
     raise UserError(f'unknown attack backend "{config.attack_backend}"; valid: native, '
                     'cleverhans')
+  if config.aa_version not in ('standard', 'plus', 'rand'):
+    raise UserError(f'unknown AutoAttack version "{config.aa_version}"; valid: standard, plus, '
+                    'rand')
   if not 0 < config.eps <= 0.5:
     raise UserError(f'eps={config.eps} must lie in (0, 0.5] in pixel units (8/255 = 0.0314)')
   model = load_model(config.model_dir, config.saved_model)
@@ -395,8 +399,8 @@ def evaluate(config: EvalConfig):
   if 'aa' in config.attacks:
     from agkd_tf.attacks import autoattack  # pylint: disable=g-import-not-at-top
     n = config.aa_examples or len(runner.y)
-    aa = autoattack.AutoAttack(model.logits_fn, config.eps, seed=config.seed,
-                               log=log if config.verbose else None)
+    aa = autoattack.AutoAttack(model.logits_fn, config.eps, version=config.aa_version,
+                               seed=config.seed, log=log if config.verbose else None)
     start = time.perf_counter()
     x_aa, report = aa.run(runner.x[:n], runner.y[:n], batch_size=config.batch_size)
     _check_batch(runner.x[:n], x_aa, config.eps, 'aa')
@@ -405,6 +409,7 @@ def evaluate(config: EvalConfig):
     extra['aa'] = {k: report[k] for k in ('robust_accuracy', 'attacked', 'flipped', 'time_s',
                                           'warnings', 'skipped', 'max_perturbation')}
     extra['aa_examples'] = n
+    extra['aa_version'] = config.aa_version
     extra['aa_warnings'] = report['warnings']
     if 'pgd20' in acc and n < len(runner.y):
       extra['pgd20_on_aa_examples'] = _pct(pgd20_correct[:n].mean())

@@ -185,6 +185,9 @@ def define_evaluate_flags():
                        lower_bound=0)
   flags.DEFINE_integer('aa_examples', 0, 'AutoAttack on the first N of them (0: all).',
                        lower_bound=0)
+  flags.DEFINE_enum('aa_version', 'standard', ['standard', 'plus', 'rand'],
+                    'AutoAttack version: standard (APGD-CE, APGD-T, FAB-T, Square), plus (with '
+                    'restarts and untargeted DLR/FAB) or rand (EOT, for randomised defences).')
   flags.DEFINE_integer('batch_size', 256, 'Attack batch size.', lower_bound=1)
   flags.DEFINE_integer('seed', 0, 'Seed of random starts and AutoAttack.')
   flags.DEFINE_enum('attack_backend', 'native', ['native', 'cleverhans'],

@@ -183,3 +183,12 @@ def test_eps_sweep_step_is_passed_to_the_attack():
   _, scaled_dev = runner.attack('bim1', eps=16 / 255, step_size=4 / 255)
   assert abs(default_dev - attacks_lib.DEFAULT_STEP_SIZE) < 1e-6
   assert abs(scaled_dev - 4 / 255) < 1e-6
+
+
+def test_aa_version_rand_runs_the_eot_attacks(trained_run, tmp_path):
+  result = evaluate_lib.evaluate(_config(trained_run, attacks=('clean', 'aa'), aa_examples=6,
+                                         aa_version='rand', output_dir=str(tmp_path)))
+  assert result['aa_version'] == 'rand'
+  assert set(result['aa']['flipped']) == {'apgd-ce', 'apgd-dlr'}
+  with pytest.raises(UserError, match='AutoAttack version'):
+    evaluate_lib.evaluate(_config(trained_run, aa_version='nope'))
