@@ -13,6 +13,14 @@ class-bank draw + targeted PGD-K), the teacher's forward pass, and the whole ste
 step (one BN-train forward/backward over [x1', x1, x2'], the loss terms and the update) is the
 whole step minus the parts.
 
+Why 1.05 is out of reach of the faithful recipe on a CPU: count, per training image, a forward
+pass as 1 unit and each backward pass (to the input, to the weights) as about 1 more. AT-7 costs
+7 x 2 (attack steps) + 3 (the training pass) = 17 units. AGKD-BML with K = 2 costs 1 (the
+most-confusing label) + 2 x 2 x 2 (two targeted PGD-2 attacks) + 2 (the teacher on x1 and x2) +
+3 x 3 (one training pass over x1', x1 and x2') = 20 units, 1.18x. Measured ratios sit at or below
+that count. The paper's 1.05 was measured on a V100; it does not say how, so we cannot tell
+what closed the gap there.
+
   python bench/agkd_throughput.py [--models=cnn-cpu,wrn-16-4] [--steps=cnn-cpu:10,wrn-16-4:3]
 """
 
