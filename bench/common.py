@@ -12,7 +12,10 @@ import os
 import platform
 import sys
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
+# AGKD_BENCH_RESULTS redirects every benchmark's files (bench/speed.py runs the others into a
+# scratch folder, so that its short runs never overwrite their full results).
+RESULTS = os.environ.get('AGKD_BENCH_RESULTS') or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), 'results')
 
 
 def machine():
