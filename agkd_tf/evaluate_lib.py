@@ -297,13 +297,17 @@ def _masking_flags(acc, extra):
   return flags
 
 
-def _eps_plot(sweep, path, title):
+def eps_plot(curves, path, title):
+  """Saves PGD-20 accuracy against eps, one line per `curves` entry ({name: eps_sweep})."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  items = sorted((float(k), v) for k, v in sweep.items())
-  fig, ax = plt.subplots(figsize=(4.5, 3.2))
-  ax.plot([k * 255 for k, _ in items], [v for _, v in items], 'o-')
+  fig, ax = plt.subplots(figsize=(4.5, 3.2) if len(curves) < 2 else (6.5, 4.2))
+  for name, sweep in curves.items():
+    items = sorted((float(k), v) for k, v in sweep.items())
+    ax.plot([k * 255 for k, _ in items], [v for _, v in items], 'o-', label=name)
+  if len(curves) > 1:
+    ax.legend(fontsize=7, ncol=2)
   ax.set_xlabel('eps (x/255)')
   ax.set_ylabel('PGD-20 accuracy (%)')
   ax.set_ylim(0, 100)
@@ -433,7 +437,7 @@ def evaluate(config: EvalConfig):
       (correct, _), _ = runner.attack('pgd20', eps=e, step_size=step)
       sweep[f'{e:.6f}'] = _pct(correct.mean())
     extra['eps_sweep'] = sweep
-    _eps_plot(sweep, os.path.join(output_dir, 'eps_sweep.png'), model.name)
+    eps_plot({model.name: sweep}, os.path.join(output_dir, 'eps_sweep.png'), model.name)
   if config.transfer_from:
     source = load_model(*((config.transfer_from, None) if os.path.isfile(
         os.path.join(config.transfer_from, 'model_spec.json')) else (None, config.transfer_from)))

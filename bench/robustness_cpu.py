@@ -185,6 +185,7 @@ def table_row(row):
   out['sec_per_epoch'] = (round(result['train_examples'] / ips, 1)
                           if ips and result.get('train_examples') else None)
   out['masking'] = '; '.join(ev.get('masking_flags') or []) or 'none'
+  out['eps_sweep'] = ev.get('eps_sweep')
   return out
 
 
@@ -209,6 +210,13 @@ def table():
   if missing:
     notes += ' Not yet trained and evaluated: ' + ', '.join(missing) + '.'
   common.RESULTS = FLAGS.results_dir
+  curves = {r['method']: r['eps_sweep'] for r in rows if r.get('eps_sweep')}
+  if curves:
+    from agkd_tf import evaluate_lib  # pylint: disable=g-import-not-at-top
+    os.makedirs(FLAGS.results_dir, exist_ok=True)
+    evaluate_lib.eps_plot(curves, os.path.join(FLAGS.results_dir, f'{FLAGS.name}_eps.png'),
+                          'PGD-20 accuracy vs eps, every method')
+    notes += f' PGD-20 accuracy against eps for every row: {FLAGS.name}_eps.png.'
   common.write(FLAGS.name, rows, columns, notes=notes, extra={'missing': missing})
 
 

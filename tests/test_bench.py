@@ -42,7 +42,7 @@ def test_every_row_names_an_existing_flagfile():
 def test_driver_trains_evaluates_resumes_and_tabulates(tmp_path, shared_cifar):
   del shared_cifar
   args = ['--rows=fs,agkd_only', '--train_flags=--train_examples=100,--max_steps=2,'
-          '--batch_size=16,--eval_examples=20', '--attacks=clean,fgsm', '--num_examples=20',
+          '--batch_size=16,--eval_examples=20', '--attacks=clean,pgd20', '--num_examples=20',
           '--knn=false']
   first = _driver(tmp_path, *args)
   assert first.returncode == 0, first.stdout + first.stderr
@@ -66,6 +66,9 @@ def test_driver_trains_evaluates_resumes_and_tabulates(tmp_path, shared_cifar):
   assert row['train_examples'] == 100
   md = (tmp_path / 'results' / 'table.md').read_text()
   assert '| FS |' in md and 'Not yet trained and evaluated: agkd_only' in md
+  # The eps sweep of every evaluated row is drawn in one plot.
+  assert row['eps_sweep'] == evaluation['eps_sweep']
+  assert (tmp_path / 'results' / 'table_eps.png').stat().st_size > 1000
 
 
 def test_driver_rejects_unknown_rows(tmp_path):
