@@ -6,6 +6,8 @@
 - `tsne_figures`: Figures 1-4. Per attacked class, a t-SNE (scikit-learn) of the clean test
   embeddings of all classes (coloured triangles) together with the PGD-20 adversarial examples of
   that class (red circles).
+- `attention_figure`: the attention maps of several networks over the same test images (the
+  paper's Figure 5 compares the teacher, the AGKD-BML student and AT this way).
 """
 
 import os
@@ -100,3 +102,47 @@ def tsne_figures(model, x, y, x_adv, class_names, output_dir, seed=0, per_class=
   grid.savefig(grid_path, dpi=90)
   plt.close(grid)
   return [grid_path] + paths
+
+
+def attention_figure(networks, x, path, kind='channel_sum'):
+  """Saves a grid: a row per image, the image and then each network's attention map over it.
+
+  Args:
+    networks: {column title: zoo network}, in column order.
+    x: [N, H, W, C] float32 images in [0, 1] (or uint8).
+    path: the PNG to write.
+    kind: the attention of `methods.agkd_bml.attention` (channel_sum, the paper's default).
+
+  Returns:
+    `path`.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from agkd_tf.methods import agkd_bml  # pylint: disable=g-import-not-at-top
+  x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+  size = x.shape[1:3]
+  maps = {}
+  for name, net in networks.items():
+    fm = net(tf.constant(x), training=False)['feature_map']
+    a = agkd_bml.attention(fm, kind)[..., None]
+    maps[name] = tf.image.resize(a, size, method='bilinear')[..., 0].numpy()
+  cols = 1 + len(networks)
+  fig, axes = plt.subplots(len(x), cols, figsize=(1.8 * cols, 1.8 * len(x)), squeeze=False)
+  for i, image in enumerate(x):
+    axes[i][0].imshow(image)
+    for j, (name, m) in enumerate(maps.items(), start=1):
+      axes[i][j].imshow(image)
+      # The map over the image, as the paper shows it: where the network looks.
+      axes[i][j].imshow(m[i], cmap='jet', alpha=0.5, vmin=0.0, vmax=1.0)
+      if i == 0:
+        axes[i][j].set_title(name, fontsize=8)
+    if i == 0:
+      axes[i][0].set_title('image', fontsize=8)
+    for ax in axes[i]:
+      ax.set_xticks([])
+      ax.set_yticks([])
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

@@ -16,7 +16,10 @@ an hour, so the table can be built in chunks across sessions:
   python bench/robustness_cpu.py --stages=table                        # the table, any time
 
 The table (bench/results/robustness_cpu.{md,json}) holds every row evaluated so far; rows not yet
-evaluated are listed as missing under it rather than left out silently.
+evaluated are listed as missing under it rather than left out silently. Beside it go the figures:
+PGD-20 accuracy against eps for every row (`_eps.png`), the t-SNE grids of UM, SML and AGKD-BML
+(the paper's Figures 1-4, `_tsne_<row>.png`) and the attention maps of the teacher, the AGKD-BML
+student and AT over the same test images (`_attention.png`).
 """
 
 import dataclasses
@@ -43,20 +46,21 @@ class Row:
   flagfile: str
   extra: tuple = ()
   ablation: bool = False
+  tsne: bool = False  # The paper's t-SNE figures are of UM, SML and AGKD-BML.
 
 
 _AGKD = 'flags/cifar10_agkd_bml_cpu.cfg'
 ROWS = (
-    Row('um', 'UM', 'flags/cifar10_natural_cpu.cfg'),
+    Row('um', 'UM', 'flags/cifar10_natural_cpu.cfg', tsne=True),
     Row('at', 'AT', 'flags/cifar10_at_cpu.cfg'),
     Row('alp', 'ALP', 'flags/bench_cpu/alp.cfg'),
     Row('trades', 'TRADES', 'flags/bench_cpu/trades.cfg'),
     Row('mart', 'MART', 'flags/bench_cpu/mart.cfg'),
-    Row('sml', 'SML', 'flags/bench_cpu/sml.cfg'),
+    Row('sml', 'SML', 'flags/bench_cpu/sml.cfg', tsne=True),
     Row('bilateral', 'Bilateral', 'flags/bench_cpu/bilateral.cfg'),
     Row('fs', 'FS', 'flags/bench_cpu/feature_scatter.cfg'),
     Row('cat', 'CAT', 'flags/bench_cpu/cat.cfg'),
-    Row('agkd_bml', 'AGKD-BML', _AGKD),
+    Row('agkd_bml', 'AGKD-BML', _AGKD, tsne=True),
     # The paper's ablations (Table 3 and section 4.3), each changing one switch of AGKD-BML.
     Row('agkd_only', 'AGKD only', _AGKD, ('--metric=none',), ablation=True),
     Row('bml_only', 'BML only', _AGKD, ('--attention=none',), ablation=True),
@@ -95,7 +99,7 @@ def _run_dir(row):
 def _eval_settings(row):
   return {'attacks': list(FLAGS.attacks), 'num_examples': FLAGS.num_examples,
           'aa_examples': FLAGS.aa_examples_ablation if row.ablation else FLAGS.aa_examples,
-          'knn': FLAGS.knn, 'eval_flags': list(FLAGS.eval_flags)}
+          'knn': FLAGS.knn, 'tsne': row.tsne, 'eval_flags': list(FLAGS.eval_flags)}
 
 
 def _call(cmd, log_path):
@@ -145,6 +149,7 @@ def evaluate(row):
   cmd = [sys.executable, '-m', 'agkd_tf.evaluate', f'--model_dir={run}', f'--output_dir={out}',
          f'--attacks={",".join(settings["attacks"])}', f'--num_examples={FLAGS.num_examples}',
          f'--aa_examples={settings["aa_examples"]}', f'--knn={str(FLAGS.knn).lower()}',
+         f'--tsne={str(row.tsne).lower()}',
          '--verbose=0', *FLAGS.eval_flags]
   code, seconds = _call(cmd, os.path.join(out, 'evaluate.log'))
   print(f'{row.key}: evaluation exit {code} after {seconds:.0f} s')
@@ -189,6 +194,39 @@ def table_row(row):
   return out
 
 
+def _figures():
+  """Copies the t-SNE grids and draws the attention maps; returns a sentence naming them."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  made = []
+  for row in ROWS:
+    grid = os.path.join(_run_dir(row), 'eval_table', 'tsne_grid.png')
+    if row.tsne and row.key in FLAGS.rows and os.path.isfile(grid):
+      made.append(f'{FLAGS.name}_tsne_{row.key}.png')
+      shutil.copyfile(grid, os.path.join(FLAGS.results_dir, made[-1]))
+  runs = {name: _run_dir(_BY_KEY[key]) for key, name in
+          (('um', 'teacher (UM)'), ('agkd_bml', 'AGKD-BML student'), ('at', 'AT'))}
+  if all(os.path.isfile(os.path.join(r, 'result.json')) for r in runs.values()):
+    # pylint: disable=g-import-not-at-top
+    from agkd_tf import analysis
+    from agkd_tf import data
+    from agkd_tf import export_lib
+    # pylint: enable=g-import-not-at-top
+    networks, spec = {}, None
+    for name, run in runs.items():
+      networks[name], spec = export_lib.load_network(run)
+    dataset = spec['dataset']
+    if dataset.startswith('folder:') and not os.path.isabs(dataset[7:]):
+      dataset = 'folder:' + os.path.join(ROOT, dataset[7:])  # Flagfile paths are repo-relative.
+    splits = data.load(dataset, train_examples=1, test_examples=60)
+    # The first test image of each of six classes.
+    labels = [int(c) for c in splits.y_test]
+    picks = [labels.index(c) for c in range(6) if c in labels]
+    made.append(f'{FLAGS.name}_attention.png')
+    analysis.attention_figure(networks, splits.x_test[picks],
+                              os.path.join(FLAGS.results_dir, made[-1]))
+  return (' Figures: ' + ', '.join(made) + '.') if made else ''
+
+
 def table():
   rows, missing = [], []
   for key in FLAGS.rows:
@@ -210,13 +248,14 @@ def table():
   if missing:
     notes += ' Not yet trained and evaluated: ' + ', '.join(missing) + '.'
   common.RESULTS = FLAGS.results_dir
+  os.makedirs(FLAGS.results_dir, exist_ok=True)
   curves = {r['method']: r['eps_sweep'] for r in rows if r.get('eps_sweep')}
   if curves:
     from agkd_tf import evaluate_lib  # pylint: disable=g-import-not-at-top
-    os.makedirs(FLAGS.results_dir, exist_ok=True)
     evaluate_lib.eps_plot(curves, os.path.join(FLAGS.results_dir, f'{FLAGS.name}_eps.png'),
                           'PGD-20 accuracy vs eps, every method')
     notes += f' PGD-20 accuracy against eps for every row: {FLAGS.name}_eps.png.'
+  notes += _figures()
   common.write(FLAGS.name, rows, columns, notes=notes, extra={'missing': missing})
 
 

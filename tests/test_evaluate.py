@@ -192,3 +192,12 @@ def test_aa_version_rand_runs_the_eot_attacks(trained_run, tmp_path):
   assert set(result['aa']['flipped']) == {'apgd-ce', 'apgd-dlr'}
   with pytest.raises(UserError, match='AutoAttack version'):
     evaluate_lib.evaluate(_config(trained_run, aa_version='nope'))
+
+
+def test_attention_figure_draws_every_network(tmp_path):
+  from agkd_tf import analysis  # pylint: disable=g-import-not-at-top
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+  nets = {'a': helpers.dense_network(seed=0), 'b': helpers.dense_network(seed=5)}
+  x = tf.random.stateless_uniform((3, 8, 8, 3), (0, 3)).numpy()
+  path = analysis.attention_figure(nets, x, str(tmp_path / 'att.png'))
+  assert os.path.getsize(path) > 1000
