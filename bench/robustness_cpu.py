@@ -97,9 +97,12 @@ def _run_dir(row):
 
 
 def _eval_settings(row):
-  return {'attacks': list(FLAGS.attacks), 'num_examples': FLAGS.num_examples,
-          'aa_examples': FLAGS.aa_examples_ablation if row.ablation else FLAGS.aa_examples,
-          'knn': FLAGS.knn, 'tsne': row.tsne, 'eval_flags': list(FLAGS.eval_flags)}
+  settings = {'attacks': list(FLAGS.attacks), 'num_examples': FLAGS.num_examples,
+              'aa_examples': FLAGS.aa_examples_ablation if row.ablation else FLAGS.aa_examples,
+              'knn': FLAGS.knn, 'eval_flags': list(FLAGS.eval_flags)}
+  if row.tsne:
+    settings['tsne'] = True
+  return settings
 
 
 def _call(cmd, log_path):
