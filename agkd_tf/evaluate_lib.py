@@ -351,9 +351,10 @@ def evaluate(config: EvalConfig):
   if config.attack_backend not in ('native', 'cleverhans'):
     raise UserError(f'unknown attack backend "{config.attack_backend}"; valid: native, '
                     'cleverhans')
-  if config.aa_version not in ('standard', 'plus', 'rand'):
-    raise UserError(f'unknown AutoAttack version "{config.aa_version}"; valid: standard, plus, '
-                    'rand')
+  from agkd_tf.attacks.autoattack import autoattack as aa_lib  # pylint: disable=g-import-not-at-top
+  if config.aa_version not in aa_lib.VERSIONS:
+    raise UserError(f'unknown AutoAttack version "{config.aa_version}"; valid: '
+                    f'{", ".join(aa_lib.VERSIONS)}')
   if not 0 < config.eps <= 0.5:
     raise UserError(f'eps={config.eps} must lie in (0, 0.5] in pixel units (8/255 = 0.0314)')
   model = load_model(config.model_dir, config.saved_model)

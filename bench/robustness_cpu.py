@@ -20,6 +20,11 @@ evaluated are listed as missing under it rather than left out silently. Beside i
 PGD-20 accuracy against eps for every row (`_eps.png`), the t-SNE grids of UM, SML and AGKD-BML
 (the paper's Figures 1-4, `_tsne_<row>.png`) and the attention maps of the teacher, the AGKD-BML
 student and AT over the same test images (`_attention.png`).
+
+The equal-time rows (`at_eqt`, `fs_eqt`, `bilateral_eqt`) repeat the supplementary's section 4:
+AT, FS and Bilateral with as many attack steps as fit in AGKD-BML's epoch time, evaluated on
+clean, PGD-20 and AA and tabled apart, beside AGKD-BML and their own-K rows
+(bench/results/robustness_cpu_equal_time.{md,json}).
 """
 
 import dataclasses
@@ -47,9 +52,14 @@ class Row:
   extra: tuple = ()
   ablation: bool = False
   tsne: bool = False  # The paper's t-SNE figures are of UM, SML and AGKD-BML.
+  # A row of the equal-time comparison: more attack steps so that its epoch takes as long as
+  # AGKD-BML's; evaluated on clean, PGD-20 and AA only, and tabled apart.
+  equal_time: bool = False
 
 
 _AGKD = 'flags/cifar10_agkd_bml_cpu.cfg'
+EQUAL_TIME_STEPS = {'at': 7, 'fs': 7, 'bilateral': 7}
+EQUAL_TIME_ATTACKS = ['clean', 'pgd20', 'aa']
 ROWS = (
     Row('um', 'UM', 'flags/cifar10_natural_cpu.cfg', tsne=True),
     Row('at', 'AT', 'flags/cifar10_at_cpu.cfg'),
@@ -70,13 +80,25 @@ ROWS = (
     Row('att_gradcam_false', 'AGKD-BML, Grad-CAM (false class)', _AGKD,
         ('--attention=gradcam_false',), ablation=True),
     Row('att_cam_avg', 'AGKD-BML, CAM average', _AGKD, ('--attention=cam_avg',), ablation=True),
+    # The supplementary's equal-time comparison (section 4): the one-step defences, and AT, get
+    # as many attack steps as fit in AGKD-BML's epoch time. K comes from the per-step cost
+    # measured on the rows above: (AT-5 179 s - Bilateral-1 78 s) / 4 = 25 s per step and epoch
+    # against AGKD-BML's 237 s, so K = 7 for all three (about 229-231 s);
+    # `equal_time_table` prints each row's epoch time against AGKD-BML's, so a stale K shows.
+    Row('at_eqt', 'AT', 'flags/cifar10_at_cpu.cfg', (f'--attack_steps={EQUAL_TIME_STEPS["at"]}',),
+        equal_time=True),
+    Row('fs_eqt', 'FS', 'flags/bench_cpu/feature_scatter.cfg',
+        (f'--attack_steps={EQUAL_TIME_STEPS["fs"]}', '--step_size=2/255'), equal_time=True),
+    Row('bilateral_eqt', 'Bilateral', 'flags/bench_cpu/bilateral.cfg',
+        (f'--attack_steps={EQUAL_TIME_STEPS["bilateral"]}',), equal_time=True),
 )
 _BY_KEY = {r.key: r for r in ROWS}
 _TEACHER_ROWS = {'agkd_bml', 'agkd_only', 'bml_only', 'agkd_sml', 'att_gradcam_orig',
                  'att_gradcam_false', 'att_cam_avg'}
 
 flags.DEFINE_list('rows', [r.key for r in ROWS], 'Rows to work on: ' +
-                  ', '.join(r.key for r in ROWS) + '.')
+                  ', '.join(r.key for r in ROWS) + '. The table stage tables the equal-time rows '
+                  '(*_eqt) apart, beside AGKD-BML and the one-step rows they stretch.')
 flags.DEFINE_list('stages', ['train', 'eval', 'table'], 'train, eval and/or table.')
 flags.DEFINE_string('runs_dir', 'runs/robustness_cpu', 'One run directory per row under here.')
 flags.DEFINE_list('attacks', ['clean', 'fgsm', 'bim10', 'pgd10', 'pgd20', 'cw10', 'cw20', 'mim40',
@@ -96,10 +118,16 @@ def _run_dir(row):
   return os.path.join(FLAGS.runs_dir, row.key)
 
 
+def _attacks(row):
+  if row.equal_time:
+    return [a for a in EQUAL_TIME_ATTACKS if a in FLAGS.attacks]
+  return list(FLAGS.attacks)
+
+
 def _eval_settings(row):
-  settings = {'attacks': list(FLAGS.attacks), 'num_examples': FLAGS.num_examples,
+  settings = {'attacks': _attacks(row), 'num_examples': FLAGS.num_examples,
               'aa_examples': FLAGS.aa_examples_ablation if row.ablation else FLAGS.aa_examples,
-              'knn': FLAGS.knn, 'eval_flags': list(FLAGS.eval_flags)}
+              'knn': FLAGS.knn and not row.equal_time, 'eval_flags': list(FLAGS.eval_flags)}
   if row.tsne:
     settings['tsne'] = True
   return settings
@@ -151,7 +179,7 @@ def evaluate(row):
   os.makedirs(out, exist_ok=True)
   cmd = [sys.executable, '-m', 'agkd_tf.evaluate', f'--model_dir={run}', f'--output_dir={out}',
          f'--attacks={",".join(settings["attacks"])}', f'--num_examples={FLAGS.num_examples}',
-         f'--aa_examples={settings["aa_examples"]}', f'--knn={str(FLAGS.knn).lower()}',
+         f'--aa_examples={settings["aa_examples"]}', f'--knn={str(settings["knn"]).lower()}',
          f'--tsne={str(row.tsne).lower()}',
          '--verbose=0', *FLAGS.eval_flags]
   code, seconds = _call(cmd, os.path.join(out, 'evaluate.log'))
@@ -179,9 +207,14 @@ def table_row(row):
     return None
   acc = ev['accuracy']
   out = {'method': row.name, 'row': row.key}
-  for key in FLAGS.attacks:
+  for key in _attacks(row):
     out[key] = _pct(acc.get(key))
-  out['aa_n'] = ev.get('aa_examples') if 'aa' in FLAGS.attacks else None
+  out['aa_n'] = ev.get('aa_examples') if 'aa' in _attacks(row) else None
+  try:
+    with open(os.path.join(run, 'flags.json')) as f:
+      out['attack_steps'] = json.load(f).get('attack_steps')
+  except OSError:
+    out['attack_steps'] = None
   knn = ev.get('knn') or {}
   for k in ('clean', 'pgd20'):
     pair = knn.get(k) or {}
@@ -230,11 +263,45 @@ def _figures():
   return (' Figures: ' + ', '.join(made) + '.') if made else ''
 
 
+def equal_time_table(figures):
+  """The equal-time comparison: AGKD-BML beside AT, FS and Bilateral at their own K and at the
+  K that matches AGKD-BML's epoch time. `figures` maps row keys to `table_row` results."""
+  order = ('agkd_bml', 'at', 'at_eqt', 'fs', 'fs_eqt', 'bilateral', 'bilateral_eqt')
+  keys = [k for k in order if k in figures]
+  if not any(_BY_KEY[k].equal_time for k in keys):
+    return
+  ref = (figures.get('agkd_bml') or {}).get('sec_per_epoch')
+  rows = []
+  for key in keys:
+    f = figures[key]
+    seconds = f.get('sec_per_epoch')
+    rows.append({'method': f['method'], 'row': key, 'attack_steps': f.get('attack_steps'),
+                 'sec_per_epoch': seconds,
+                 'time_ratio': round(seconds / ref, 2) if seconds and ref else None,
+                 'clean': f.get('clean'), 'pgd20': f.get('pgd20'), 'aa': f.get('aa'),
+                 'aa_n': f.get('aa_n'), 'masking': f.get('masking')})
+  columns = [('method', 'method'), ('attack steps K', 'attack_steps'),
+             ('train s/epoch', 'sec_per_epoch'), ('time / AGKD-BML', 'time_ratio'),
+             ('clean', 'clean'), ('PGD-20', 'pgd20'), ('AA', 'aa'), ('AA images', 'aa_n'),
+             ('masking flags', 'masking')]
+  notes = ('The supplementary\'s equal-time comparison (its section 4: FS with 2 steps and '
+           'Bilateral with 4 matched AGKD-BML\'s 528 s epoch on a V100) at CPU scale: the same '
+           'budget as the main table, with the attack steps K of AT, FS and Bilateral raised '
+           'until an epoch takes about as long as AGKD-BML\'s (K=2 plus its teacher and metric '
+           'passes). Accuracy (%) at eps = 8/255 on the main table\'s test images. Runs in ' +
+           FLAGS.runs_dir + '.')
+  common.write(f'{FLAGS.name}_equal_time', rows, columns, notes=notes)
+
+
 def table():
-  rows, missing = [], []
+  rows, missing, figures = [], [], {}
   for key in FLAGS.rows:
-    figures = table_row(_BY_KEY[key])
-    (rows.append(figures) if figures else missing.append(key))
+    figures[key] = table_row(_BY_KEY[key])
+    if _BY_KEY[key].equal_time:
+      if not figures[key]:
+        missing.append(key)
+      continue
+    (rows.append(figures[key]) if figures[key] else missing.append(key))
   columns = [('method', 'method')] + [(a.upper() if a != 'clean' else 'clean', a)
                                       for a in FLAGS.attacks]
   if 'aa' in FLAGS.attacks:
@@ -260,6 +327,7 @@ def table():
     notes += f' PGD-20 accuracy against eps for every row: {FLAGS.name}_eps.png.'
   notes += _figures()
   common.write(FLAGS.name, rows, columns, notes=notes, extra={'missing': missing})
+  equal_time_table({k: v for k, v in figures.items() if v})
 
 
 def main(argv):

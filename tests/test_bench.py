@@ -34,9 +34,48 @@ def test_every_row_names_an_existing_flagfile():
   assert len(keys) == len(set(keys))
   assert {'um', 'at', 'alp', 'trades', 'mart', 'sml', 'bilateral', 'fs', 'cat', 'agkd_bml',
           'agkd_only', 'bml_only', 'agkd_sml', 'att_gradcam_orig', 'att_gradcam_false',
-          'att_cam_avg'} == set(keys)
+          'att_cam_avg', 'at_eqt', 'fs_eqt', 'bilateral_eqt'} == set(keys)
   for row in robustness_cpu.ROWS:
     assert os.path.isfile(os.path.join(REPO, row.flagfile)), row.flagfile
+  # An equal-time row stretches its base row's attack: more steps, same flagfile.
+  by_key = {r.key: r for r in robustness_cpu.ROWS}
+  for key in ('at', 'fs', 'bilateral'):
+    base, stretched = by_key[key], by_key[f'{key}_eqt']
+    assert stretched.equal_time and not base.equal_time
+    assert stretched.flagfile == base.flagfile
+    assert f'--attack_steps={robustness_cpu.EQUAL_TIME_STEPS[key]}' in stretched.extra
+    assert robustness_cpu.EQUAL_TIME_STEPS[key] > 1
+
+
+def _fake_row(runs, key, images_per_sec, steps, accuracy):
+  """A finished row as the binaries leave it: result.json, flags.json and eval_table/."""
+  run = runs / key
+  (run / 'eval_table').mkdir(parents=True)
+  (run / 'result.json').write_text(json.dumps(
+      {'images_per_sec': images_per_sec, 'train_examples': 10000, 'epochs': 8}))
+  (run / 'flags.json').write_text(json.dumps({'attack_steps': steps}))
+  (run / 'eval_table' / 'eval.json').write_text(json.dumps(
+      {'accuracy': accuracy, 'aa_examples': 500, 'masking_flags': []}))
+
+
+def test_equal_time_rows_are_tabled_apart_against_agkd_bml(tmp_path):
+  runs = tmp_path / 'runs'
+  full = {'clean': 60.0, 'fgsm': 30.0, 'pgd20': 25.0, 'aa': 20.0}
+  _fake_row(runs, 'agkd_bml', 40.0, 2, full)      # 250 s per epoch.
+  _fake_row(runs, 'fs', 125.0, 1, full)           # 80 s.
+  _fake_row(runs, 'fs_eqt', 50.0, 7, {'clean': 55.0, 'pgd20': 30.0, 'aa': 26.5})  # 200 s.
+  proc = _driver(tmp_path, '--rows=agkd_bml,fs,fs_eqt', '--stages=table', '--knn=false')
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  main = json.loads((tmp_path / 'results' / 'table.json').read_text())
+  assert [r['row'] for r in main['rows']] == ['agkd_bml', 'fs']  # fs_eqt is not a main row.
+  equal = json.loads((tmp_path / 'results' / 'table_equal_time.json').read_text())
+  by_row = {r['row']: r for r in equal['rows']}
+  assert list(by_row) == ['agkd_bml', 'fs', 'fs_eqt']
+  assert by_row['fs_eqt']['attack_steps'] == 7 and by_row['fs']['attack_steps'] == 1
+  assert by_row['fs_eqt']['sec_per_epoch'] == 200.0
+  assert by_row['fs_eqt']['time_ratio'] == 0.8 and by_row['agkd_bml']['time_ratio'] == 1.0
+  assert (by_row['fs_eqt']['pgd20'], by_row['fs_eqt']['aa']) == (30.0, 26.5)
+  assert '| FS | 7 | 200.000 | 0.800 |' in (tmp_path / 'results' / 'table_equal_time.md').read_text()
 
 
 def test_driver_trains_evaluates_resumes_and_tabulates(tmp_path, shared_cifar):

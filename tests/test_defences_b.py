@@ -155,8 +155,8 @@ def test_registered_with_their_needs(splits):
   assert methods.get('cat').needs_indices
   assert not methods.get('feature_scatter').needs_indices
   assert methods.get('feature_scatter').default_label_smoothing == 0.5
-  with pytest.raises(UserError, match='--attack_steps=1'):
-    _method(splits, 'feature_scatter', attack_steps=10)
+  with pytest.raises(UserError, match='--attack_steps >= 1'):
+    _method(splits, 'feature_scatter', attack_steps=0)
   with pytest.raises(ValueError, match='num_train'):
     _method(splits, 'cat', num_train=0)
   # train_lib gives SML its class bank.
@@ -242,6 +242,29 @@ def test_feature_scatter_step_stays_in_the_ball_and_raises_the_transport(splits)
   logits = lambda v: method.network(v, training=False)['logits']
   after = float(ot.transport_cost(logits(x), logits(x_adv)))
   assert after > float(transport)
+
+
+def test_feature_scatter_multi_step_takes_step_size_steps(splits):
+  # The equal-time runs: K steps of --step_size from the same start, each against the clean
+  # logits. With K = 3 steps of eps/4 from U(-eps, eps) no pixel can have moved by more than
+  # 3 eps / 4 from its (clipped) start (one step of eps would), and the batch scatters further
+  # than at x0.
+  step = EPS / 4
+  method, _ = _method(splits, 'feature_scatter', attack_steps=3, step_size=step,
+                      label_smoothing=0.5)
+  x, _, _ = _batch(splits, 16)
+  seed_state = method.rng.state.numpy()
+  x_adv, transport = method.adversarial(x)
+  _assert_in_ball(x_adv, x, EPS)
+  method.rng.state.assign(seed_state)
+  seed = tf.cast(method.rng.make_seeds(1)[:, 0], tf.int32)
+  x0 = x + EPS * tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0)
+  # P_eps is a projection onto a box holding clip(x0), so it cannot lengthen a move from there.
+  assert np.max(np.abs(x_adv.numpy() - np.clip(x0.numpy(), 0, 1))) <= 3 * step + 1e-6
+  # And more than one step was taken: pixels the gradient kept pushing moved 2 or 3 steps.
+  assert np.mean(np.abs(x_adv.numpy() - np.clip(x0.numpy(), 0, 1)) > 1.5 * step) > 0.05
+  logits = lambda v: method.network(v, training=False)['logits']
+  assert float(ot.transport_cost(logits(x), logits(x_adv))) > float(transport)
 
 
 # --- CAT --------------------------------------------------------------------------------------
