@@ -58,7 +58,7 @@ class Row:
 
 
 _AGKD = 'flags/cifar10_agkd_bml_cpu.cfg'
-EQUAL_TIME_STEPS = {'at': 7, 'fs': 7, 'bilateral': 7}
+EQUAL_TIME_STEPS = {'at': 8, 'fs': 8, 'bilateral': 8}
 EQUAL_TIME_ATTACKS = ['clean', 'pgd20', 'aa']
 ROWS = (
     Row('um', 'UM', 'flags/cifar10_natural_cpu.cfg', tsne=True),
@@ -82,8 +82,8 @@ ROWS = (
     Row('att_cam_avg', 'AGKD-BML, CAM average', _AGKD, ('--attention=cam_avg',), ablation=True),
     # The supplementary's equal-time comparison (section 4): the one-step defences, and AT, get
     # as many attack steps as fit in AGKD-BML's epoch time. K comes from the per-step cost
-    # measured on the rows above: (AT-5 179 s - Bilateral-1 78 s) / 4 = 25 s per step and epoch
-    # against AGKD-BML's 237 s, so K = 7 for all three (about 229-231 s);
+    # measured on the rows above: (AT-5 168.6 s - Bilateral-1 77.8 s) / 4 = 22.7 s per step and
+    # epoch against AGKD-BML's 237.5 s, so K = 8 for all three (about 233-240 s);
     # `equal_time_table` prints each row's epoch time against AGKD-BML's, so a stale K shows.
     Row('at_eqt', 'AT', 'flags/cifar10_at_cpu.cfg', (f'--attack_steps={EQUAL_TIME_STEPS["at"]}',),
         equal_time=True),
