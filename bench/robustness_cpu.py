@@ -99,7 +99,10 @@ _TEACHER_ROWS = {'agkd_bml', 'agkd_only', 'bml_only', 'agkd_sml', 'att_gradcam_o
 flags.DEFINE_list('rows', [r.key for r in ROWS], 'Rows to work on: ' +
                   ', '.join(r.key for r in ROWS) + '. The table stage tables the equal-time rows '
                   '(*_eqt) apart, beside AGKD-BML and the one-step rows they stretch.')
-flags.DEFINE_list('stages', ['train', 'eval', 'table'], 'train, eval and/or table.')
+flags.DEFINE_list('stages', ['train', 'eval', 'table'], 'train, eval, table and/or readme '
+                  '(rewrites the README block between the robustness_cpu markers from the '
+                  'table\'s JSON).')
+flags.DEFINE_string('readme', os.path.join(ROOT, 'README.md'), 'The README the readme stage edits.')
 flags.DEFINE_string('runs_dir', 'runs/robustness_cpu', 'One run directory per row under here.')
 flags.DEFINE_list('attacks', ['clean', 'fgsm', 'bim10', 'pgd10', 'pgd20', 'cw10', 'cw20', 'mim40',
                               'aa'], 'Attacks of the evaluation.')
@@ -338,6 +341,47 @@ def table():
   equal_time_table({k: v for k, v in figures.items() if v})
 
 
+README_BEGIN = '<!-- robustness_cpu:begin (written by bench/robustness_cpu.py --stages=readme) -->'
+README_END = '<!-- robustness_cpu:end -->'
+
+
+def readme():
+  """Rewrites the README's results block from results_dir/<name>.json, so the two agree."""
+  with open(os.path.join(FLAGS.results_dir, f'{FLAGS.name}.json')) as f:
+    result = json.load(f)
+  with open(FLAGS.readme) as f:
+    text = f.read()
+  if README_BEGIN not in text or README_END not in text:
+    raise app.UsageError(f'{FLAGS.readme} has no {README_BEGIN} ... {README_END} block')
+  cell = lambda v: '-' if v is None else f'{v:.2f}' if isinstance(v, float) else str(v)
+  lines = ['| method | clean | FGSM | PGD-20 | CW-20 | MIM-40 | AA (images) | train s/epoch | '
+           'masking flags |', '|---|---|---|---|---|---|---|---|---|']
+  for r in result['rows']:
+    # The first clause of each flag: the figures; the explanation is in the table file.
+    masking = '; '.join(f.split(': ')[0] for f in r['masking'].split('; ')) if (
+        r['masking'] != 'none') else 'none'
+    lines.append(f'| {r["method"]} | ' + ' | '.join(cell(r.get(k)) for k in (
+        'clean', 'fgsm', 'pgd20', 'cw20', 'mim40')) + f' | {cell(r.get("aa"))} '
+        f'({cell(r.get("aa_n"))}) | {cell(r.get("sec_per_epoch"))} | {masking} |')
+  if result.get('missing'):
+    lines += ['', 'Not yet trained and evaluated: ' + ', '.join(result['missing']) + '.']
+  figures = [(f'{FLAGS.name}_eps.png', 'PGD-20 accuracy against eps, every row'),
+             (f'{FLAGS.name}_attention.png', 'Attention maps: teacher, AGKD-BML student, AT')]
+  figures += [(f'{FLAGS.name}_tsne_{k}.png', f't-SNE of clean and PGD-20 embeddings, '
+               f'{_BY_KEY[k].name}') for k in ('um', 'sml', 'agkd_bml')]
+  here = os.path.dirname(os.path.abspath(FLAGS.readme))
+  for name, caption in figures:
+    path = os.path.join(FLAGS.results_dir, name)
+    if os.path.isfile(path):
+      lines += ['', f'{caption}:', '', f'![{caption}]({os.path.relpath(path, here)})']
+  block = '\n'.join([README_BEGIN, *lines, README_END])
+  start, end = text.index(README_BEGIN), text.index(README_END) + len(README_END)
+  with open(FLAGS.readme, 'w') as f:
+    f.write(text[:start] + block + text[end:])
+  print(f'{FLAGS.readme}: results block rewritten from {FLAGS.name}.json '
+        f'({len(result["rows"])} rows)')
+
+
 def main(argv):
   del argv
   unknown = [k for k in FLAGS.rows if k not in _BY_KEY]
@@ -351,6 +395,8 @@ def main(argv):
       evaluate(row)
   if 'table' in FLAGS.stages:
     table()
+  if 'readme' in FLAGS.stages:
+    readme()
 
 
 if __name__ == '__main__':

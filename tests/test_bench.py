@@ -77,6 +77,21 @@ def test_equal_time_rows_are_tabled_apart_against_agkd_bml(tmp_path):
   assert (by_row['fs_eqt']['pgd20'], by_row['fs_eqt']['aa']) == (30.0, 26.5)
   assert '| FS | 7 | 200.000 | 0.800 |' in (tmp_path / 'results' / 'table_equal_time.md').read_text()
 
+  # The readme stage rewrites only the marked block, from the table's JSON.
+  readme = tmp_path / 'README.md'
+  sys.path.insert(0, REPO)
+  from bench import robustness_cpu  # pylint: disable=g-import-not-at-top
+  readme.write_text(f'intro\n{robustness_cpu.README_BEGIN}\nstale\n{robustness_cpu.README_END}\n'
+                    'outro\n')
+  proc = _driver(tmp_path, '--rows=agkd_bml,fs,fs_eqt', '--stages=readme', f'--readme={readme}')
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  text = readme.read_text()
+  assert text.startswith('intro\n') and text.endswith('outro\n') and 'stale' not in text
+  assert '| FS | 60.00 | 30.00 | 25.00 | - | - | 20.00 (500) | 80.00 | none |' in text
+  readme.write_text('no markers\n')
+  proc = _driver(tmp_path, '--stages=readme', f'--readme={readme}')
+  assert proc.returncode != 0 and 'no <!-- robustness_cpu:begin' in proc.stderr
+
 
 def test_driver_trains_evaluates_resumes_and_tabulates(tmp_path, shared_cifar):
   del shared_cifar
