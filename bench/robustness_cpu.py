@@ -304,11 +304,10 @@ def table():
   rows, missing, figures = [], [], {}
   for key in FLAGS.rows:
     figures[key] = table_row(_BY_KEY[key])
-    if _BY_KEY[key].equal_time:
-      if not figures[key]:
-        missing.append(key)
-      continue
-    (rows.append(figures[key]) if figures[key] else missing.append(key))
+    if not figures[key]:
+      missing.append(key)
+    elif not _BY_KEY[key].equal_time:  # Equal-time rows go to their own table only.
+      rows.append(figures[key])
   columns = [('method', 'method')] + [(a.upper() if a != 'clean' else 'clean', a)
                                       for a in FLAGS.attacks]
   if 'aa' in FLAGS.attacks:
