@@ -130,6 +130,15 @@ def test_masking_flags():
   for needle in ('AutoAttack (33.00%)', 'restarts', 'black-box', 'does not decrease',
                  'eps = 64/255 is still 40.0%', 'randomised'):
     assert needle in text
+  assert 'margin loss is fooled as well' in text
+  # MART-like: CW-20 already finds what AA finds, so the gap is cross-entropy's alone.
+  mart_like = {'clean': 42.0, 'pgd20': 27.6, 'cw20': 21.0, 'aa': 20.4}
+  text = ' '.join(evaluate_lib.masking_flags(mart_like, {'aa_examples': 500}))
+  assert 'AutoAttack (20.40%)' in text and 'specific to the cross-entropy loss' in text
+  # CW-20 on other images than AA's proves nothing either way.
+  text = ' '.join(evaluate_lib.masking_flags(mart_like, {'aa_examples': 200,
+                                                          'pgd20_on_aa_examples': 27.6}))
+  assert 'AutoAttack' in text and 'CW-20' not in text
   # An AT-like model keeps accuracy at twice its training eps; only the large eps must reach ~0.
   at_like = {'clean': 50.0, 'pgd20': 27.4, 'aa': 23.0}
   assert not evaluate_lib.masking_flags(at_like, {
