@@ -15,11 +15,13 @@ decides the cost:
   BN-eval teacher pass on [x1, x2]; LSCE(0.5) + MART + channel-sum attention L1 + angular triplet.
 
 Synthetic CIFAR-shaped data on the device (speed does not depend on the pixels), bfloat16 autocast,
-channels-last, cuDNN autotuning, eager (no torch.compile). FLOPs per image come from
+channels-last, cuDNN autotuning; eager, or with `--compile` the networks under torch.compile (the
+PGD loops and the update stay eager around them). FLOPs per image come from
 `torch.utils.flop_counter` on one step of each method; the peak from an 8192^3 bf16 matmul in the
 same process.
 
   python3 bench/gpu_reference_torch.py --out=/tmp/ref        # on a GPU, about 2 minutes
+  python3 bench/gpu_reference_torch.py --out=/tmp/ref --compile   # plus compilation time
   python3 bench/gpu_reference_torch.py --out=/tmp/ref --batch_size=4 --widen=1 --seconds=1 \
       --peak_size=512                                          # the CPU smoke run
 """
@@ -45,6 +47,7 @@ flags.DEFINE_integer('widen', 10, 'WRN widening factor.')
 flags.DEFINE_float('seconds', 20.0, 'Timed seconds per method and round.')
 flags.DEFINE_integer('rounds', 2, 'Alternating rounds.')
 flags.DEFINE_integer('peak_size', 8192, 'Side of the square bf16 matmul that measures the peak.')
+flags.DEFINE_bool('compile', False, 'torch.compile the networks (the steps stay eager around them).')
 FLAGS = flags.FLAGS
 
 EPS, STEP = 8 / 255, 2 / 255
@@ -132,13 +135,16 @@ def agkd_loss(logits_adv, logits_clean, emb, fmap, f_teacher, y1, b):
   return lsce + mart + attn + 2 * triplet
 
 
-def make_steps(device):
+def make_steps(device, compiled):
   """{method: step()} on one shared student (and a frozen teacher) and synthetic data."""
   def net():
     return WideResNet(FLAGS.depth, FLAGS.widen).to(device, memory_format=torch.channels_last)
   student, teacher = net(), net().eval()
   for p in teacher.parameters():
     p.requires_grad_(False)
+  # Static shapes: each batch size (B, 2B, 3B) and BN mode gets its own specialised graph.
+  fwd = torch.compile(student, dynamic=False) if compiled else student
+  fwd_teacher = torch.compile(teacher, dynamic=False) if compiled else teacher
   opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
   b = FLAGS.batch_size
   gen = torch.Generator(device).manual_seed(0)
@@ -155,25 +161,25 @@ def make_steps(device):
 
   def at_step():
     student.eval()
-    x_adv = pgd(student, x1, y1, 7, targeted=False)
+    x_adv = pgd(fwd, x1, y1, 7, targeted=False)
     student.train()
     with torch.autocast(device.type, torch.bfloat16):
-      return update(F.cross_entropy(student(x_adv)[0].float(), y1))
+      return update(F.cross_entropy(fwd(x_adv)[0].float(), y1))
 
   def agkd_step():
     student.eval()
     with torch.no_grad(), torch.autocast(device.type, torch.bfloat16):
-      logits = student(x1)[0].float()
+      logits = fwd(x1)[0].float()
     y_mc = logits.scatter(1, y1[:, None], -float('inf')).argmax(1)
-    x1_adv = pgd(student, x1, y_mc, 2, targeted=True)
+    x1_adv = pgd(fwd, x1, y_mc, 2, targeted=True)
     x2 = bank[y_mc, torch.randint(0, bank.shape[1], (b,), device=device)].contiguous(
         memory_format=torch.channels_last)  # One gather: no loop over the batch.
-    x2_adv = pgd(student, x2, y1, 2, targeted=True)
+    x2_adv = pgd(fwd, x2, y1, 2, targeted=True)
     student.train()
     with torch.autocast(device.type, torch.bfloat16):
       with torch.no_grad():
-        f_teacher = teacher(torch.cat([x1, x2]))[2]
-      logits, emb, fmap = student(torch.cat([x1_adv, x1, x2_adv]))
+        f_teacher = fwd_teacher(torch.cat([x1, x2]))[2]
+      logits, emb, fmap = fwd(torch.cat([x1_adv, x1, x2_adv]))
       loss = agkd_loss(logits[:b].float(), logits[b:2 * b].float(), emb.float(), fmap,
                        f_teacher, y1, b)
     return update(loss)
@@ -211,12 +217,15 @@ def main(argv):
   device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
   torch.backends.cudnn.benchmark = True
   name = torch.cuda.get_device_name() if device.type == 'cuda' else f'CPU ({platform.machine()})'
-  steps = make_steps(device)
-  flops = {k: flops_per_image(s) for k, s in steps.items()}
-  for method, step in steps.items():  # cuDNN autotuning stays outside the timed window.
+  # FLOPs are counted on eager networks: the counter does not see inside compiled graphs.
+  flops = {k: flops_per_image(s) for k, s in make_steps(device, False).items()}
+  steps = make_steps(device, FLAGS.compile)
+  for method, step in steps.items():  # Compilation and cuDNN autotuning stay outside the timing.
+    start = time.perf_counter()
     for _ in range(3):
       step()
     sync(device)
+    print(f'{method}: warm-up {time.perf_counter() - start:.1f} s', flush=True)
   speeds = {k: [] for k in steps}
   for r in range(FLAGS.rounds):
     for method in (list(steps) if r % 2 == 0 else list(steps)[::-1]):
@@ -237,13 +246,16 @@ def main(argv):
                  'fraction_of_peak': ips * flops[method] / peak})
   meta = {'device': name, 'torch': torch.__version__, 'model': f'wrn-{FLAGS.depth}-{FLAGS.widen}',
           'batch_size': FLAGS.batch_size, 'seconds': FLAGS.seconds, 'rounds': FLAGS.rounds,
+          'compiled': FLAGS.compile,
           'bf16_matmul_peak_tflops': peak / 1e12, 'command': ' '.join(['python3'] + sys.argv)}
   os.makedirs(FLAGS.out, exist_ok=True)
-  with open(os.path.join(FLAGS.out, 'gpu_torch_reference.json'), 'w') as f:
+  stem = 'gpu_torch_reference' + ('_compiled' if FLAGS.compile else '')
+  with open(os.path.join(FLAGS.out, stem + '.json'), 'w') as f:
     json.dump({'meta': meta, 'rows': rows}, f, indent=2)
   lines = [f'# PyTorch reference on {name} (not the package; see bench/gpu_reference_torch.py)',
            '', f'`{meta["command"]}`', '',
-           f'{meta["model"]}, batch {FLAGS.batch_size}, bf16 autocast, channels-last, eager, '
+           f'{meta["model"]}, batch {FLAGS.batch_size}, bf16 autocast, channels-last, '
+           f'{"torch.compile networks" if FLAGS.compile else "eager"}, '
            f'torch {torch.__version__}; medians of {FLAGS.rounds} alternating rounds of '
            f'{FLAGS.seconds:.0f} s. Measured bf16 matmul peak {peak / 1e12:.0f} TFLOP/s.', '',
            '| method | img/s | s per CIFAR-10 epoch | paper, V100 (s) | GFLOP/img | '
@@ -251,7 +263,7 @@ def main(argv):
   lines += [f'| {r["method"]} | {r["img_per_s"]:.1f} | {r["epoch_s"]:.1f} | '
             f'{r["paper_v100_epoch_s"]:.0f} | {r["gflop_per_image"]:.1f} | '
             f'{r["fraction_of_peak"]:.3f} |' for r in rows]
-  with open(os.path.join(FLAGS.out, 'gpu_torch_reference.md'), 'w') as f:
+  with open(os.path.join(FLAGS.out, stem + '.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   print('\n'.join(lines))
 
