@@ -267,6 +267,11 @@ def _figures():
     made.append(f'{FLAGS.name}_attention.png')
     analysis.attention_figure(networks, splits.x_test[picks],
                               os.path.join(FLAGS.results_dir, made[-1]))
+  # Figures drawn by an earlier table from runs that are gone stay valid and stay listed.
+  for name in [f'{FLAGS.name}_tsne_{r.key}.png' for r in ROWS if r.tsne] + [
+      f'{FLAGS.name}_attention.png']:
+    if name not in made and os.path.isfile(os.path.join(FLAGS.results_dir, name)):
+      made.append(name)
   return (' Figures: ' + ', '.join(made) + '.') if made else ''
 
 
@@ -300,10 +305,27 @@ def equal_time_table(figures):
   common.write(f'{FLAGS.name}_equal_time', rows, columns, notes=notes)
 
 
+def _previous_rows(name):
+  """Rows of an earlier results_dir/<name>.json by row key, with the date they were tabled."""
+  try:
+    with open(os.path.join(FLAGS.results_dir, f'{name}.json')) as f:
+      previous = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return {r['row']: dict(r, tabled=r.get('tabled') or previous.get('date'))
+          for r in previous.get('rows', []) if 'row' in r}
+
+
 def table():
-  rows, missing, figures = [], [], {}
+  rows, missing, figures, kept = [], [], {}, []
+  # Run directories are scratch (a session's /tmp can vanish); a row whose run is gone keeps the
+  # figures it had in the committed table instead of dropping out, and the notes say so.
+  previous = {**_previous_rows(f'{FLAGS.name}_equal_time'), **_previous_rows(FLAGS.name)}
   for key in FLAGS.rows:
     figures[key] = table_row(_BY_KEY[key])
+    if not figures[key] and key in previous and not os.path.isdir(_run_dir(_BY_KEY[key])):
+      figures[key] = previous[key]
+      kept.append(f'{previous[key]["method"]} ({previous[key]["tabled"]})')
     if not figures[key]:
       missing.append(key)
     elif not _BY_KEY[key].equal_time:  # Equal-time rows go to their own table only.
@@ -323,6 +345,9 @@ def table():
            '(50,000 images, 12 epochs). Runs in ' + FLAGS.runs_dir + '.')
   if missing:
     notes += ' Not yet trained and evaluated: ' + ', '.join(missing) + '.'
+  if kept:
+    notes += (' Rows whose run directory is no longer on disk, with the figures of the last '
+              'table made from their runs (its date): ' + ', '.join(kept) + '.')
   unchecked = [r['method'] for r in rows if r.get('pgd20_large_eps') is None]
   notes += (' Masking flags are recomputed from each eval.json with the current rules'
             + (f'; evaluated before the PGD-20-at-64/255 check existed: {", ".join(unchecked)}.'

@@ -10,6 +10,7 @@ hours.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -91,6 +92,40 @@ def test_equal_time_rows_are_tabled_apart_against_agkd_bml(tmp_path):
   readme.write_text('no markers\n')
   proc = _driver(tmp_path, '--stages=readme', f'--readme={readme}')
   assert proc.returncode != 0 and 'no <!-- robustness_cpu:begin' in proc.stderr
+
+
+def test_table_keeps_rows_whose_runs_are_gone(tmp_path):
+  runs = tmp_path / 'runs'
+  full = {'clean': 60.0, 'fgsm': 30.0, 'pgd20': 25.0, 'aa': 20.0}
+  _fake_row(runs, 'agkd_bml', 40.0, 2, full)
+  _fake_row(runs, 'fs', 125.0, 1, {**full, 'pgd20': 9.0})
+  _fake_row(runs, 'fs_eqt', 50.0, 7, {'clean': 55.0, 'pgd20': 30.0, 'aa': 26.5})
+  args = ['--rows=agkd_bml,fs,fs_eqt,at', '--stages=table', '--knn=false']
+  assert _driver(tmp_path, *args).returncode == 0
+  first = json.loads((tmp_path / 'results' / 'table.json').read_text())
+
+  # Scratch runs vanish between sessions: the figures stay, dated, instead of turning "missing";
+  # a row never tabled (at) stays missing.
+  shutil.rmtree(runs / 'fs')
+  shutil.rmtree(runs / 'fs_eqt')
+  proc = _driver(tmp_path, *args)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  second = json.loads((tmp_path / 'results' / 'table.json').read_text())
+  assert second['missing'] == ['at']
+  fs = {r['row']: r for r in second['rows']}['fs']
+  assert fs['pgd20'] == 9.0 and fs['tabled'] == first['date']
+  assert f'no longer on disk, with the figures of the last table made from their runs (its ' \
+         f'date): FS ({first["date"]})' in second['notes']
+  equal = {r['row']: r for r in json.loads(
+      (tmp_path / 'results' / 'table_equal_time.json').read_text())['rows']}
+  assert (equal['fs_eqt']['aa'], equal['fs_eqt']['sec_per_epoch']) == (26.5, 200.0)
+
+  # A run directory that exists but is unfinished is a row in progress, not a lost one.
+  (runs / 'fs').mkdir()
+  third = _driver(tmp_path, *args)
+  assert third.returncode == 0, third.stdout + third.stderr
+  table = json.loads((tmp_path / 'results' / 'table.json').read_text())
+  assert table['missing'] == ['fs', 'at']
 
 
 def test_driver_trains_evaluates_resumes_and_tabulates(tmp_path, shared_cifar):
