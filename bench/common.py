@@ -71,8 +71,10 @@ def write(name, rows, columns, notes='', extra=None):
 
 
 def build_training(method_name, model_name, splits, attack_steps, device='/cpu:0',
-                   jit_compile=False):
+                   jit_compile=False, overrides=None):
   """A compiled training step of `method_name` on fresh weights, as the benchmarks time it.
+
+  `overrides` sets more TrainConfig fields (the method's hyper-parameters of a flagfile).
 
   AGKD-BML gets a teacher of the same architecture (untrained: speed does not depend on the
   weights) and the class bank of `splits`' training images. Build under the Keras precision
@@ -90,8 +92,9 @@ def build_training(method_name, model_name, splits, attack_steps, device='/cpu:0
   from agkd_tf import train_lib
   # pylint: enable=g-import-not-at-top
   strategy = tf.distribute.OneDeviceStrategy(device)
-  config = train_lib.TrainConfig(model_dir='unused', model=model_name, method=method_name,
-                                 attack_steps=attack_steps)
+  config = train_lib.TrainConfig(**{**(overrides or {}), 'model_dir': 'unused',
+                                    'model': model_name, 'method': method_name,
+                                    'attack_steps': attack_steps})
   mean, std = splits.channel_stats()
   with strategy.scope():
     network = models.build(model_name, splits.image_shape, splits.num_classes, mean, std)

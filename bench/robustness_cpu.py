@@ -283,6 +283,14 @@ def equal_time_table(figures):
   if not any(_BY_KEY[k].equal_time for k in keys):
     return
   ref = (figures.get('agkd_bml') or {}).get('sec_per_epoch')
+  # The rows' epoch times come from runs of different sessions, maybe on different machines;
+  # bench/equal_time.py times the recipes in one process, and is the ratio to trust.
+  try:
+    with open(os.path.join(FLAGS.results_dir, 'equal_time_timing.json')) as f:
+      timing = json.load(f)
+    timed = {r['row']: r['time_ratio'] for r in timing['rows']}
+  except (OSError, ValueError, KeyError):
+    timing, timed = None, {}
   rows = []
   for key in keys:
     f = figures[key]
@@ -290,10 +298,12 @@ def equal_time_table(figures):
     rows.append({'method': f['method'], 'row': key, 'attack_steps': f.get('attack_steps'),
                  'sec_per_epoch': seconds,
                  'time_ratio': round(seconds / ref, 2) if seconds and ref else None,
+                 'timed_ratio': round(timed[key], 2) if key in timed else None,
                  'clean': f.get('clean'), 'pgd20': f.get('pgd20'), 'aa': f.get('aa'),
                  'aa_n': f.get('aa_n'), 'masking': f.get('masking')})
   columns = [('method', 'method'), ('attack steps K', 'attack_steps'),
              ('train s/epoch', 'sec_per_epoch'), ('time / AGKD-BML', 'time_ratio'),
+             ('time / AGKD-BML, same process', 'timed_ratio'),
              ('clean', 'clean'), ('PGD-20', 'pgd20'), ('AA', 'aa'), ('AA images', 'aa_n'),
              ('masking flags', 'masking')]
   notes = ('The supplementary\'s equal-time comparison (its section 4: FS with 2 steps and '
@@ -301,7 +311,10 @@ def equal_time_table(figures):
            'budget as the main table, with the attack steps K of AT, FS and Bilateral raised '
            'until an epoch takes about as long as AGKD-BML\'s (K=2 plus its teacher and metric '
            'passes). Accuracy (%) at eps = 8/255 on the main table\'s test images. Runs in ' +
-           FLAGS.runs_dir + '.')
+           FLAGS.runs_dir + '. "time / AGKD-BML" divides the runs\' epoch times, which may come '
+           'from different sessions and machines; "same process" is bench/equal_time.py\'s '
+           'median ratio of time per training image, measured in one process' +
+           (f' ({timing["date"]})' if timing else ' (not run yet)') + '.')
   common.write(f'{FLAGS.name}_equal_time', rows, columns, notes=notes)
 
 

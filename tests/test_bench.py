@@ -65,6 +65,10 @@ def test_equal_time_rows_are_tabled_apart_against_agkd_bml(tmp_path):
   _fake_row(runs, 'agkd_bml', 40.0, 2, full)      # 250 s per epoch.
   _fake_row(runs, 'fs', 125.0, 1, full)           # 80 s.
   _fake_row(runs, 'fs_eqt', 50.0, 7, {'clean': 55.0, 'pgd20': 30.0, 'aa': 26.5})  # 200 s.
+  # bench/equal_time.py's same-process ratio goes beside the runs' epoch-time ratio.
+  (tmp_path / 'results').mkdir()
+  (tmp_path / 'results' / 'equal_time_timing.json').write_text(json.dumps(
+      {'date': '2026-12-02 06:00 UTC', 'rows': [{'row': 'fs_eqt', 'time_ratio': 0.934}]}))
   proc = _driver(tmp_path, '--rows=agkd_bml,fs,fs_eqt', '--stages=table', '--knn=false')
   assert proc.returncode == 0, proc.stdout + proc.stderr
   main = json.loads((tmp_path / 'results' / 'table.json').read_text())
@@ -76,7 +80,9 @@ def test_equal_time_rows_are_tabled_apart_against_agkd_bml(tmp_path):
   assert by_row['fs_eqt']['sec_per_epoch'] == 200.0
   assert by_row['fs_eqt']['time_ratio'] == 0.8 and by_row['agkd_bml']['time_ratio'] == 1.0
   assert (by_row['fs_eqt']['pgd20'], by_row['fs_eqt']['aa']) == (30.0, 26.5)
-  assert '| FS | 7 | 200.000 | 0.800 |' in (tmp_path / 'results' / 'table_equal_time.md').read_text()
+  assert by_row['fs_eqt']['timed_ratio'] == 0.93 and by_row['fs']['timed_ratio'] is None
+  md = (tmp_path / 'results' / 'table_equal_time.md').read_text()
+  assert '| FS | 7 | 200.000 | 0.800 | 0.930 |' in md and '(2026-12-02 06:00 UTC)' in md
 
   # The readme stage rewrites only the marked block, from the table's JSON.
   readme = tmp_path / 'README.md'
@@ -164,6 +170,34 @@ def test_driver_rejects_unknown_rows(tmp_path):
   proc = _driver(tmp_path, '--rows=nope', '--stages=table')
   assert proc.returncode != 0
   assert 'unknown rows' in proc.stderr
+
+
+def test_equal_time_timing_parses_the_rows_flagfiles_and_times_them(tmp_path):
+  sys.path.insert(0, REPO)
+  # pylint: disable=g-import-not-at-top
+  from bench import equal_time
+  from bench import robustness_cpu
+  # pylint: enable=g-import-not-at-top
+  by_key = {r.key: r for r in robustness_cpu.ROWS}
+  fs = equal_time.row_config(by_key['fs_eqt'])
+  # The row's extra flags win over its flagfile; fractions parse as the binary parses them.
+  assert fs['method'] == 'feature_scatter' and fs['attack_steps'] == 8
+  assert abs(fs['step_size'] - 2 / 255) < 1e-12 and fs['label_smoothing'] == 0.5
+  agkd = equal_time.row_config(by_key['agkd_bml'])
+  assert agkd['mart'] is True and agkd['attention'] == 'channel_sum' and agkd['attack_steps'] == 2
+  assert 'teacher_dir' not in agkd and 'epochs' not in agkd  # Run settings, not the step's.
+
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'bench', 'equal_time.py'),
+       '--timing_rows=agkd_bml,bilateral_eqt', '--steps=1', '--rounds=2',
+       '--dataset=synthetic:32'], cwd=REPO, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, AGKD_BENCH_RESULTS=str(tmp_path)))
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  rows = json.loads((tmp_path / 'equal_time_timing.json').read_text())['rows']
+  assert [r['row'] for r in rows] == ['agkd_bml', 'bilateral_eqt']
+  assert rows[0]['time_ratio'] == 1.0 and rows[1]['method'] == 'Bilateral K=8'
+  assert rows[1]['img_per_s'] > 0 and rows[1]['time_ratio_min'] <= rows[1]['time_ratio'] <= (
+      rows[1]['time_ratio_max'])
 
 
 def test_gpu_throughput_script_runs_tiny_on_the_cpu(tmp_path):
