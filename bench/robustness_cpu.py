@@ -361,6 +361,10 @@ def table():
   if kept:
     notes += (' Rows whose run directory is no longer on disk, with the figures of the last '
               'table made from their runs (its date): ' + ', '.join(kept) + '.')
+  notes += (' "train s/epoch" is each row\'s own run; rows trained in different sessions may '
+            'have run on machines of different speed, so compare those seconds within one '
+            'session, and time recipes against each other in one process (bench/equal_time.py, '
+            'bench/agkd_throughput.py).')
   unchecked = [r['method'] for r in rows if r.get('pgd20_large_eps') is None]
   notes += (' Masking flags are recomputed from each eval.json with the current rules'
             + (f'; evaluated before the PGD-20-at-64/255 check existed: {", ".join(unchecked)}.'
