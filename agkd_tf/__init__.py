@@ -27,7 +27,9 @@ __version__ = '0.1.0'
 _IMPORT_NOISE = ('log messages before absl::InitializeLog', 'cudart_stub.cc',
                  'cpu_feature_guard.cc', 'To enable the following instructions',
                  'Unable to register cu', 'computation placer already registered',
-                 'failed call to cuInit', 'cuda_platform.cc', 'cuda_executor.cc')
+                 'failed call to cuInit', 'cuda_platform.cc', 'cuda_executor.cc',
+                 # Printed on CPUs where oneDNN's optimisations are on (AVX-512 VNNI and up).
+                 'oneDNN custom operations are on')
 
 
 def _import_tensorflow_quietly():
