@@ -133,6 +133,8 @@ def define_train_flags():
                     'Compute precision (auto: bfloat16 on GPU, float32 on CPU); logits stay '
                     'float32.')
   flags.DEFINE_bool('sync_bn', False, 'Synchronise BatchNorm statistics across replicas.')
+  flags.DEFINE_bool('augment', True, 'Random 4-pixel pad-and-crop and horizontal flip of the '
+                    'training images, as every official recipe does (--noaugment: off).')
   flags.DEFINE_integer('checkpoint_every_steps', 1000, 'Checkpoint interval in steps (plus every '
                        'epoch end).', lower_bound=0)
   flags.DEFINE_integer('keep_checkpoints', 3, 'Checkpoints to keep.', lower_bound=1)

@@ -103,6 +103,7 @@ class TrainConfig:
   jit_compile: str = 'auto'
   mixed_precision: str = 'auto'
   sync_bn: bool = False
+  augment: bool = True
   seed: int = 0
   checkpoint_every_steps: int = 1000
   keep_checkpoints: int = 3
@@ -277,8 +278,10 @@ def _attention_summaries(method, summaries, images, labels, step):
       tf.summary.image(name, value, max_outputs=8)
 
 
-def _first_replica(values):
-  strategy = tf.distribute.get_strategy()
+def _first_replica(values, strategy):
+  # The strategy is passed, not read with tf.distribute.get_strategy(): the training loop runs
+  # outside `strategy.scope()`, where that returns the default strategy, which leaves a
+  # MirroredStrategy's PerReplica values unsplit.
   return {k: strategy.experimental_local_results(v)[0] for k, v in values.items()}
 
 
@@ -636,8 +639,8 @@ def train(config: TrainConfig, strategy=None, splits=None):
     skip = step % steps_per_epoch
     epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
     ds = pipeline.train_dataset(splits.x_train, splits.y_train, config.batch_size, epoch,
-                                config.seed, skip_batches=skip, flip=splits.flip,
-                                with_index=method.needs_indices)
+                                config.seed, skip_batches=skip, augment=config.augment,
+                                flip=splits.flip, with_index=method.needs_indices)
     ds = ds.take(epoch_steps - skip)
     dist_ds = _distribute(ds, strategy, config.batch_size)
     for m in method.metrics:
@@ -654,10 +657,11 @@ def train(config: TrainConfig, strategy=None, splits=None):
     for _ in range(epoch_steps - skip):
       t0 = time.time()
       out, step_out, nonfinite = step_fn(iterator)
-      logs = {k: float(v) for k, v in _first_replica(out).items()}
+      logs = {k: float(v) for k, v in _first_replica(out, strategy).items()}
       step += 1
       if bool(strategy.experimental_local_results(nonfinite)[0]):
-        terms = _describe_bad_terms({k: float(v) for k, v in _first_replica(step_out).items()},
+        step_logs = _first_replica(step_out, strategy)
+        terms = _describe_bad_terms({k: float(v) for k, v in step_logs.items()},
                                     method.loss_terms)
         if config.nan_policy == 'stop':
           raise UserError(

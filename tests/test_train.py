@@ -96,6 +96,16 @@ def test_mirrored_strategy_equals_one_device(kind):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_training_loop_runs_under_two_mirrored_replicas(tmp_path):
+  # `--strategy=mirrored`: the loop reads per-replica logs outside strategy.scope(); it once
+  # took them with tf.distribute.get_strategy() there and failed on the first step.
+  config = _config(tmp_path, epochs=1, sync_bn=True)
+  result = train_lib.train(config, strategy=strategy_utils.mirrored_cpu(['/cpu:0', '/cpu:1']))
+  assert result['replicas'] == 2
+  assert result['steps'] == 256 // 32
+  assert 0.0 <= result['clean_accuracy'] <= 1.0
+
+
 def test_resume_continues_at_the_saved_step(tmp_path):
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
   stopped = _config(tmp_path, max_steps=11, export=False)
