@@ -4,6 +4,11 @@ The centrepiece is AGKD-BML: H. Wang, Y. Deng, S. Yoo, H. Ling, Y. Lin, "AGKD-BM
 Adversarial Attack by Attention Guided Knowledge Distillation and Bi-directional Metric Learning",
 ICCV 2021. Around it sit the defences it is compared with and the attacks that judge them.
 
+Use from Python: `agkd_tf.wrap(model)` turns a Keras model into a defence's network,
+`agkd_tf.defend(network, 'agkd_bml', teacher=...)` is the defence as a `keras.Model` to compile
+and fit, and `agkd_tf.evaluate_model(model, images, labels)` is the evaluator; single attacks are
+in `agkd_tf.attacks`.
+
 Importing the package selects the TensorFlow backend of Keras, so users need not export
 KERAS_BACKEND themselves: every model here relies on tf.distribute and tf.function.
 """
@@ -57,3 +62,18 @@ def _import_tensorflow_quietly():
 
 
 _import_tensorflow_quietly()
+
+# The Python API, imported on first use so that `import agkd_tf` (which every binary does first)
+# does not pay for Keras models and the attacks it may never touch.
+_API = {'wrap': 'agkd_tf.api', 'defend': 'agkd_tf.api', 'evaluate_model': 'agkd_tf.api',
+        'Report': 'agkd_tf.api'}
+__all__ = ['Report', 'attacks', 'defend', 'evaluate_model', 'wrap']
+
+
+def __getattr__(name):
+  import importlib  # pylint: disable=g-import-not-at-top
+  if name in _API:
+    return getattr(importlib.import_module(_API[name]), name)
+  if name == 'attacks':
+    return importlib.import_module('agkd_tf.attacks')
+  raise AttributeError(f'module agkd_tf has no attribute {name!r}')

@@ -149,15 +149,22 @@ def _load_saved_model(path):
     return tf.cast(signature(**{input_name: x})[out_name], tf.float32)
 
   h, w, c = shape[1], shape[2], shape[3]
-  probe = tf.random.stateless_uniform([4, h or 32, w or 32, c], [0, 1])
-  out = logits_fn(probe).numpy()
-  if out.ndim != 2:
-    raise UserError(f'{path}: "{out_name}" must be [batch, classes], got {list(out.shape)}')
-  if out.min() >= 0 and out.max() <= 1 and np.allclose(out.sum(1), 1, atol=1e-3):
-    raise UserError(f'{path}: "{out_name}" looks like probabilities (rows sum to 1); the '
-                    'evaluation needs logits, or the attacks\' losses are wrong')
+  num_classes = check_logits(logits_fn, (h, w, c), f'{path}: "{out_name}"')
   return LoadedModel(name=os.path.basename(os.path.normpath(path)), logits_fn=logits_fn,
-                     input_shape=(h, w, c), num_classes=int(out.shape[1]), owner=loaded)
+                     input_shape=(h, w, c), num_classes=num_classes, owner=loaded)
+
+
+def check_logits(logits_fn, input_shape, what):
+  """Probes `logits_fn` on random images; returns K, or raises UserError for non-logits."""
+  h, w, c = (d or 32 for d in input_shape)
+  probe = tf.random.stateless_uniform([4, h, w, c], [0, 1])
+  out = np.asarray(logits_fn(probe))
+  if out.ndim != 2:
+    raise UserError(f'{what} must be [batch, classes], got {list(out.shape)}')
+  if out.min() >= 0 and out.max() <= 1 and np.allclose(out.sum(1), 1, atol=1e-3):
+    raise UserError(f'{what} looks like probabilities (rows sum to 1); the evaluation needs '
+                    'logits, or the attacks\' losses are wrong')
+  return int(out.shape[1])
 
 
 def _check_batch(x, x_adv, eps, name):
@@ -376,12 +383,8 @@ def _write_summaries(model_dir, values, step):
   writer.flush()
 
 
-def evaluate(config: EvalConfig):
-  """Evaluates a model; returns the report dict also written to eval.json.
-
-  Raises:
-    UserError: bad input; IntegrityError: an attack broke the threat model.
-  """
+def check_config(config: EvalConfig):
+  """Raises UserError for attack names, backend, AutoAttack version or eps out of range."""
   for name in config.attacks:
     if name not in ('clean', 'aa'):
       attacks_lib.get_attack(name)  # Unknown names fail before any work.
@@ -394,11 +397,20 @@ def evaluate(config: EvalConfig):
                     f'{", ".join(aa_lib.VERSIONS)}')
   if not 0 < config.eps <= 0.5:
     raise UserError(f'eps={config.eps} must lie in (0, 0.5] in pixel units (8/255 = 0.0314)')
+
+
+def evaluate(config: EvalConfig):
+  """Evaluates a model; returns the report dict also written to eval.json.
+
+  Raises:
+    UserError: bad input; IntegrityError: an attack broke the threat model.
+  """
+  check_config(config)
   model = load_model(config.model_dir, config.saved_model)
-  if config.knn and model.embedding_fn is None:
-    raise UserError('--knn needs embeddings, which only a --model_dir run of ours provides')
-  if config.tsne and model.embedding_fn is None:
-    raise UserError('--tsne needs embeddings, which only a --model_dir run of ours provides')
+  for option in ('knn', 'tsne'):
+    if getattr(config, option) and model.embedding_fn is None:
+      raise UserError(f'--{option} needs embeddings, which only a --model_dir run of ours '
+                      'provides')
   dataset = config.dataset or model.dataset
   if not dataset:
     raise UserError('--dataset is required with --saved_model')
@@ -413,8 +425,38 @@ def evaluate(config: EvalConfig):
       raise UserError(f'the model takes {model.input_shape} images but {dataset} has '
                       f'{splits.image_shape}')
   io_utils.make_writable_dir(output_dir, '--output_dir')
+  result, runner, adversarial = assess(model, splits.x_test, splits.y_test, config, dataset,
+                                    output_dir)
+  if config.knn:
+    from agkd_tf import analysis  # pylint: disable=g-import-not-at-top
+    result['knn'] = analysis.knn_table(model, splits, runner, adversarial.get('pgd20'),
+                                       config.knn_k, config.batch_size)
+  if config.tsne:
+    from agkd_tf import analysis  # pylint: disable=g-import-not-at-top
+    x_adv = adversarial.get('pgd20')
+    if x_adv is None:
+      (_, x_adv), _ = runner.attack('pgd20', keep=True)
+    result['tsne'] = analysis.tsne_figures(model, runner.x, runner.y, x_adv, splits.class_names,
+                                           output_dir, config.seed)
+  io_utils.write_json_atomic(os.path.join(output_dir, 'eval.json'), result)
+  with open(os.path.join(output_dir, 'eval.md.tmp'), 'w') as f:
+    f.write(markdown(result))
+  os.replace(os.path.join(output_dir, 'eval.md.tmp'), os.path.join(output_dir, 'eval.md'))
+  if config.model_dir:
+    _write_summaries(config.model_dir, result['accuracy'], model.step)
+  return result
 
-  runner = _Runner(model, splits.x_test, splits.y_test, config)
+
+def assess(model, x, y, config, dataset, output_dir=None):
+  """Attacks `model` on images `x` (uint8 or [0, 1] float) with labels `y`, with every check.
+
+  The evaluation binary and the Python API (`agkd_tf.evaluate_model`) both run this.
+
+  Returns:
+    (result, runner, adversarial): the report dict (eval.json's content less k-NN and t-SNE),
+    the `_Runner` over the images, and the kept adversarial images by attack name.
+  """
+  runner = _Runner(model, x, y, config)
   log = print if config.verbose else logging.info
   acc, times, extra, max_dev = {}, {}, {}, {}
   clean = runner.clean_correct()
@@ -424,82 +466,24 @@ def evaluate(config: EvalConfig):
         model.logits_fn(tf.constant(runner.x[:16])).numpy(),
         model.logits_fn(tf.constant(runner.x[:16])).numpy(), atol=1e-5)
   log(f'clean: {acc["clean"]:.2f}% on {len(runner.y)} test images')
-  adversarial = {}
+  adversarial, correct = {}, {'clean': clean}
   for name in config.attacks:
     if name in ('clean', 'aa'):
       continue
     start = time.perf_counter()
     log(f'{name}:')
-    (correct, x_adv), max_dev[name] = runner.attack(name, keep=name == 'pgd20')
+    (correct[name], x_adv), max_dev[name] = runner.attack(name, keep=name == 'pgd20')
     if x_adv is not None:
       adversarial[name] = x_adv
     times[name] = time.perf_counter() - start
-    acc[name] = _pct(correct.mean())
-    if name == 'pgd20':
-      pgd20_correct = correct
+    acc[name] = _pct(correct[name].mean())
     log(f'{name}: {acc[name]:.2f}% ({times[name]:.1f} s)')
   if 'aa' in config.attacks:
-    from agkd_tf.attacks import autoattack  # pylint: disable=g-import-not-at-top
-    n = config.aa_examples or len(runner.y)
-    aa = autoattack.AutoAttack(model.logits_fn, config.eps, version=config.aa_version,
-                               seed=config.seed, log=log if config.verbose else None)
-    start = time.perf_counter()
-    x_aa, report = aa.run(runner.x[:n], runner.y[:n], batch_size=config.batch_size)
-    _check_batch(runner.x[:n], x_aa, config.eps, 'aa')
-    times['aa'] = time.perf_counter() - start
-    acc['aa'] = _pct(report['final_robust_accuracy'])
-    extra['aa'] = {k: report[k] for k in ('robust_accuracy', 'attacked', 'flipped', 'time_s',
-                                          'warnings', 'skipped', 'max_perturbation')}
-    extra['aa_examples'] = n
-    extra['aa_version'] = config.aa_version
-    extra['aa_warnings'] = report['warnings']
-    if 'pgd20' in acc and n < len(runner.y):
-      extra['pgd20_on_aa_examples'] = _pct(pgd20_correct[:n].mean())
-      extra['clean_on_aa_examples'] = _pct(clean[:n].mean())
+    _autoattack(model, runner, config, log, correct, acc, times, extra)
   if config.masking_checks and 'pgd20' in config.attacks:
-    worst = None
-    for r in range(5):
-      (correct, _), _ = runner.attack('pgd20', seed_offset=1000 + r)
-      worst = correct if worst is None else worst & correct
-    extra['pgd20_restarts'] = _pct(worst.mean())
-    sweep = {}
-    for e in config.eps_sweep:
-      if abs(e - config.eps) < 1e-12:
-        # The same attack, eps and seeds as the PGD-20 column: reuse it, do not run it again.
-        sweep[f'{e:.6f}'] = acc['pgd20']
-        continue
-      # The step scales with eps (2/255 at the evaluation eps): a fixed 2/255 step is too
-      # small to cross a 16/255 ball's worth of loss surface in 20 steps, and would flag a
-      # weak attack as masking; too large a step at 2/255 would just bounce off the ball.
-      step = attacks_lib.DEFAULT_STEP_SIZE * e / config.eps
-      (correct, _), _ = runner.attack('pgd20', eps=e, step_size=step)
-      sweep[f'{e:.6f}'] = _pct(correct.mean())
-    extra['eps_sweep'] = sweep
-    eps_plot({model.name: sweep}, os.path.join(output_dir, 'eps_sweep.png'), model.name)
-    step = attacks_lib.DEFAULT_STEP_SIZE * LARGE_EPS / config.eps
-    (correct, _), _ = runner.attack('pgd20', eps=LARGE_EPS, step_size=step)
-    extra['large_eps'] = LARGE_EPS
-    extra['pgd20_large_eps'] = _pct(correct.mean())
+    _masking_checks(runner, config, acc, extra, model.name, output_dir)
   if config.transfer_from:
-    source = load_model(*((config.transfer_from, None) if os.path.isfile(
-        os.path.join(config.transfer_from, 'model_spec.json')) else (None, config.transfer_from)))
-    source_runner = _Runner(source, splits.x_test, splits.y_test, config)
-    (_, x_src), _ = source_runner.attack('pgd20', keep=True)
-    preds = np.concatenate([np.argmax(model.logits_fn(tf.constant(x_src[i:i + 256])).numpy(), -1)
-                            for i in range(0, len(x_src), 256)])
-    extra['transfer_pgd20'] = _pct((preds == runner.y).mean())
-    extra['transfer_source'] = config.transfer_from
-  if config.knn:
-    from agkd_tf import analysis  # pylint: disable=g-import-not-at-top
-    extra['knn'] = analysis.knn_table(model, splits, runner, adversarial.get('pgd20'),
-                                      config.knn_k, config.batch_size)
-  if config.tsne:
-    from agkd_tf import analysis  # pylint: disable=g-import-not-at-top
-    x_adv = adversarial.get('pgd20')
-    if x_adv is None:
-      (_, x_adv), _ = runner.attack('pgd20', keep=True)
-    extra['tsne'] = analysis.tsne_figures(model, runner.x, runner.y, x_adv, splits.class_names,
-                                          output_dir, config.seed)
+    _transfer(runner, config, extra)
   flags = masking_flags(acc, extra) if config.masking_checks else []
   for flag in flags:
     log(f'WARNING (gradient masking?): {flag}')
@@ -509,26 +493,89 @@ def evaluate(config: EvalConfig):
       'attack_backend': config.attack_backend, 'seed': config.seed, 'accuracy': acc,
       'seconds': times, 'max_perturbation': max_dev, 'masking_flags': flags, **extra,
   }
-  io_utils.write_json_atomic(os.path.join(output_dir, 'eval.json'), result)
-  md = [f'# Evaluation of {model.name}', '',
-        f'{dataset}, eps = {config.eps * 255:.1f}/255, {len(runner.y)} class-balanced test images'
-        + (f', AA on the first {extra["aa_examples"]}' if 'aa_examples' in extra else '') +
-        f', {config.attack_backend} attacks. Accuracy in %.', '', table_header(),
-        table_row(model.name, acc), '']
-  if 'aa' in extra:
+  return result, runner, adversarial
+
+
+def _autoattack(model, runner, config, log, correct, acc, times, extra):
+  """AutoAttack on the first `aa_examples` images, checked like every other attack."""
+  from agkd_tf.attacks import autoattack  # pylint: disable=g-import-not-at-top
+  n = config.aa_examples or len(runner.y)
+  aa = autoattack.AutoAttack(model.logits_fn, config.eps, version=config.aa_version,
+                             seed=config.seed, log=log if config.verbose else None)
+  start = time.perf_counter()
+  x_aa, report = aa.run(runner.x[:n], runner.y[:n], batch_size=config.batch_size)
+  _check_batch(runner.x[:n], x_aa, config.eps, 'aa')
+  times['aa'] = time.perf_counter() - start
+  acc['aa'] = _pct(report['final_robust_accuracy'])
+  extra['aa'] = {k: report[k] for k in ('robust_accuracy', 'attacked', 'flipped', 'time_s',
+                                        'warnings', 'skipped', 'max_perturbation')}
+  extra['aa_examples'] = n
+  extra['aa_version'] = config.aa_version
+  extra['aa_warnings'] = report['warnings']
+  if 'pgd20' in acc and n < len(runner.y):
+    extra['pgd20_on_aa_examples'] = _pct(correct['pgd20'][:n].mean())
+    extra['clean_on_aa_examples'] = _pct(correct['clean'][:n].mean())
+
+
+def _masking_checks(runner, config, acc, extra, name, output_dir):
+  """PGD-20 with restarts, the eps sweep (and its plot) and the all but unbounded eps."""
+  worst = None
+  for r in range(5):
+    (correct, _), _ = runner.attack('pgd20', seed_offset=1000 + r)
+    worst = correct if worst is None else worst & correct
+  extra['pgd20_restarts'] = _pct(worst.mean())
+  sweep = {}
+  for e in config.eps_sweep:
+    if abs(e - config.eps) < 1e-12:
+      # The same attack, eps and seeds as the PGD-20 column: reuse it, do not run it again.
+      sweep[f'{e:.6f}'] = acc['pgd20']
+      continue
+    # The step scales with eps (2/255 at the evaluation eps): a fixed 2/255 step is too
+    # small to cross a 16/255 ball's worth of loss surface in 20 steps, and would flag a
+    # weak attack as masking; too large a step at 2/255 would just bounce off the ball.
+    step = attacks_lib.DEFAULT_STEP_SIZE * e / config.eps
+    (correct, _), _ = runner.attack('pgd20', eps=e, step_size=step)
+    sweep[f'{e:.6f}'] = _pct(correct.mean())
+  extra['eps_sweep'] = sweep
+  if output_dir:
+    eps_plot({name: sweep}, os.path.join(output_dir, 'eps_sweep.png'), name)
+  step = attacks_lib.DEFAULT_STEP_SIZE * LARGE_EPS / config.eps
+  (correct, _), _ = runner.attack('pgd20', eps=LARGE_EPS, step_size=step)
+  extra['large_eps'] = LARGE_EPS
+  extra['pgd20_large_eps'] = _pct(correct.mean())
+
+
+def _transfer(runner, config, extra):
+  """PGD-20 examples of another model (`transfer_from`), judged by this one."""
+  source = load_model(*((config.transfer_from, None) if os.path.isfile(
+      os.path.join(config.transfer_from, 'model_spec.json')) else (None, config.transfer_from)))
+  source_runner = _Runner(source, runner.x, runner.y, config)
+  (_, x_src), _ = source_runner.attack('pgd20', keep=True)
+  preds = np.concatenate([
+      np.argmax(runner.model.logits_fn(tf.constant(x_src[i:i + 256])).numpy(), -1)
+      for i in range(0, len(x_src), 256)])
+  extra['transfer_pgd20'] = _pct((preds == runner.y).mean())
+  extra['transfer_source'] = config.transfer_from
+
+
+def markdown(result):
+  """The report of `assess` (or eval.json) as the Markdown of eval.md."""
+  acc, flags = result['accuracy'], result['masking_flags']
+  aa_note = (f', AA on the first {result["aa_examples"]}' if 'aa_examples' in result else '')
+  md = [f'# Evaluation of {result["model"]}', '',
+        f'{result["dataset"]}, eps = {result["eps"] * 255:.1f}/255, {result["num_examples"]} '
+        f'class-balanced test images{aa_note}, {result["attack_backend"]} attacks. Accuracy in %.',
+        '', table_header(), table_row(result['model'], acc), '']
+  if 'aa' in result:
+    aa = result['aa']
     md += ['AutoAttack components (points each removed):', '']
-    md += [f'- {k}: {v} of {extra["aa"]["attacked"].get(k, 0)} attacked, '
-           f'{extra["aa"]["time_s"].get(k, 0):.1f} s' for k, v in extra['aa']['flipped'].items()]
-    if 'pgd20_on_aa_examples' in extra:
-      md += ['', f'On the {extra["aa_examples"]} AutoAttack images: clean '
-             f'{extra["clean_on_aa_examples"]:.2f}%, PGD-20 {extra["pgd20_on_aa_examples"]:.2f}%, '
-             f'AA {acc["aa"]:.2f}%.']
+    md += [f'- {k}: {v} of {aa["attacked"].get(k, 0)} attacked, '
+           f'{aa["time_s"].get(k, 0):.1f} s' for k, v in aa['flipped'].items()]
+    if 'pgd20_on_aa_examples' in result:
+      md += ['', f'On the {result["aa_examples"]} AutoAttack images: clean '
+             f'{result["clean_on_aa_examples"]:.2f}%, PGD-20 '
+             f'{result["pgd20_on_aa_examples"]:.2f}%, AA {acc["aa"]:.2f}%.']
     md.append('')
   md += ['Gradient-masking diagnostics: ' + ('none flagged.' if not flags else ''), '']
   md += [f'- {f}' for f in flags]
-  with open(os.path.join(output_dir, 'eval.md.tmp'), 'w') as f:
-    f.write('\n'.join(md) + '\n')
-  os.replace(os.path.join(output_dir, 'eval.md.tmp'), os.path.join(output_dir, 'eval.md'))
-  if config.model_dir:
-    _write_summaries(config.model_dir, acc, model.step)
-  return result
+  return '\n'.join(md) + '\n'

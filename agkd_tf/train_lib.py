@@ -129,11 +129,9 @@ def _check_config(config):
   if config.strategy not in strategy_utils.STRATEGIES:
     raise UserError(f'unknown strategy "{config.strategy}"; valid: '
                     f'{", ".join(strategy_utils.STRATEGIES)}')
-  from agkd_tf.methods import agkd_bml  # pylint: disable=g-import-not-at-top
-  for name, valid in (('teacher', ('dir', 'train')), ('attention', agkd_bml.ATTENTIONS),
-                      ('metric', agkd_bml.METRICS)):
-    if getattr(config, name) not in valid:
-      raise UserError(f'unknown {name} "{getattr(config, name)}"; valid: {", ".join(valid)}')
+  if config.teacher not in ('dir', 'train'):
+    raise UserError(f'unknown teacher "{config.teacher}"; valid: dir, train')
+  check_method_hparams(config)
   if config.lr_schedule not in ('piecewise', 'cosine', 'constant'):
     raise UserError(f'unknown lr schedule "{config.lr_schedule}"; valid: piecewise, cosine, '
                     'constant')
@@ -283,6 +281,31 @@ def _first_replica(values, strategy):
   # outside `strategy.scope()`, where that returns the default strategy, which leaves a
   # MirroredStrategy's PerReplica values unsplit.
   return {k: strategy.experimental_local_results(v)[0] for k, v in values.items()}
+
+
+# The TrainConfig fields that `method_config` hands to a method, the seed of its generator aside.
+# The Python API (`agkd_tf.defend`) takes exactly these as keywords, with the defaults above.
+METHOD_HPARAMS = ('label_smoothing', 'eps', 'step_size', 'attack_steps', 'mart', 'mart_beta',
+                  'attention', 'metric', 'metric_weight', 'margin', 'norm_weight', 'trades_beta',
+                  'attack_dtype', 'cat_loss')
+_CHOICES = {'attack_dtype': ('auto', 'float32', 'bfloat16'), 'cat_loss': ('ce', 'mix')}
+
+
+def check_method_hparams(config):
+  """Raises UserError for a method hyper-parameter out of its range or set of names."""
+  from agkd_tf.methods import agkd_bml  # pylint: disable=g-import-not-at-top
+  choices = dict(_CHOICES, attention=agkd_bml.ATTENTIONS, metric=agkd_bml.METRICS)
+  for name, valid in choices.items():
+    if getattr(config, name) not in valid:
+      raise UserError(f'unknown {name} "{getattr(config, name)}"; valid: {", ".join(valid)}')
+  for name, upper in (('eps', 0.5), ('step_size', 0.5)):
+    value = getattr(config, name)
+    if not 0 <= value <= upper:
+      raise UserError(f'{name}={value} must lie in [0, {upper}] in pixel units (8/255 = 0.0314)')
+  if config.label_smoothing is not None and not 0 <= config.label_smoothing < 1:
+    raise UserError(f'label_smoothing={config.label_smoothing} must lie in [0, 1)')
+  if config.attack_steps < 0:
+    raise UserError(f'attack_steps={config.attack_steps} must be >= 0')
 
 
 def method_config(config, flip=True, num_train=0):

@@ -15,6 +15,22 @@ evaluation (docs/algorithms.md, "Attacks for evaluation"):
   (the L-inf "CW" of Bilateral, FS and AGKD-BML, after Carlini & Wagner, 2017).
 - 'mim<n>': momentum iterative method, decay 1.0, n steps of 2/255, no random start
   (Dong et al., 2018; see `mim.py` for the choice of step).
+
+Example, on any Keras model that maps [0, 1] images to logits (tests/test_api.py runs it):
+
+    import numpy as np
+    import agkd_tf
+    import keras
+    import tensorflow as tf
+
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(10)])
+    x = tf.constant(np.random.default_rng(0).uniform(size=(8, 32, 32, 3)), tf.float32)
+    y = tf.constant(np.arange(8) % 10, tf.int32)
+    pgd20 = agkd_tf.attacks.get_attack('pgd20')
+    x_adv = tf.function(pgd20)(lambda images: model(images, training=False), x, y, 8 / 255,
+                               seed=tf.constant([0, 1]))
+    assert float(tf.reduce_max(tf.abs(x_adv - x))) <= 8 / 255 + 1e-6
 """
 
 import dataclasses

@@ -55,7 +55,8 @@ _PAD = 4  # The training augmentation's padding (random crop 32 with 4-pixel zer
 
 def classifier_kernel(network):
   """The [C, K] kernel of the network's final dense layer (the `logits` layer of the zoo)."""
-  for layer in reversed(network.layers):
+  # Nested: a wrapped user model (`agkd_tf.wrap`) holds its head inside the user's model.
+  for layer in reversed(list(network._flatten_layers(include_self=False))):  # pylint: disable=protected-access
     if isinstance(layer, keras.layers.Dense):
       return layer.kernel
   raise ValueError(f'{network.name} has no final dense layer for Grad-CAM / CAM attention')

@@ -57,6 +57,17 @@ class Method(keras.Model):
     self._loss_trackers = {n: keras.metrics.Mean(name=n) for n in self.loss_terms}
     self._acc_trackers = {n: keras.metrics.SparseCategoricalAccuracy(name=n)
                           for n in self.accuracies}
+    # Clean loss and accuracy of `evaluate()` and of fit's validation (`val_loss`,
+    # `val_accuracy`, what EarlyStopping watches). As in a compiled Keras model, a training
+    # tracker of the same name serves evaluation too (Keras resets the metrics before each): if
+    # it were a second object, Keras would report the reset training tracker for it, since it
+    # takes the metrics' results whenever the step's keys equal their names (natural training).
+    own = {m.name: m for m in self.metrics}
+    self._test_trackers = (
+        own['loss'] if isinstance(own.get('loss'), keras.metrics.Mean)
+        else keras.metrics.Mean(name='loss'),
+        own['accuracy'] if isinstance(own.get('accuracy'), keras.metrics.SparseCategoricalAccuracy)
+        else keras.metrics.SparseCategoricalAccuracy(name='accuracy'))
 
   @classmethod
   def needs_teacher(cls, config):  # pylint: disable=unused-argument
@@ -114,6 +125,46 @@ class Method(keras.Model):
     for name, logits in predictions.items():
       self._acc_trackers[name].update_state(labels, logits)
     return {m.name: m.result() for m in self.metrics}
+
+
+  def test_step(self, data):
+    """Clean cross-entropy and accuracy in inference mode (`evaluate`, fit's validation)."""
+    images, labels = data[0], data[1]
+    logits = tf.cast(self.network(images, training=False)['logits'], tf.float32)
+    loss, accuracy = self._test_trackers
+    loss.update_state(keras.losses.sparse_categorical_crossentropy(labels, logits,
+                                                                   from_logits=True))
+    accuracy.update_state(labels, logits)
+    return {m.name: m.result() for m in self._test_trackers}
+
+  def reset_metrics(self):
+    super().reset_metrics()
+    for m in self._test_trackers:
+      m.reset_state()
+
+  def untracked_state(self):
+    """Variables outside Keras's own tracking that a Keras weights file must carry too.
+
+    The binaries checkpoint the method with `tf.train.Checkpoint`, which finds these by itself.
+    `model.save_weights` (and so `keras.callbacks.BackupAndRestore`) only sees Keras variables;
+    without the generator's state a resumed `fit` would draw other attack starts than an
+    uninterrupted one.
+    """
+    return [self.rng.state]
+
+  def save_own_variables(self, store):
+    super().save_own_variables(store)
+    for i, v in enumerate(self.untracked_state()):
+      store[f'untracked_{i}'] = v.numpy()
+
+  def load_own_variables(self, store):
+    own = self._trainable_variables + self._non_trainable_variables
+    for i, v in enumerate(own):
+      v.assign(store[f'{i}'])
+    keys = set(store.keys())
+    for i, v in enumerate(self.untracked_state()):
+      if f'untracked_{i}' in keys:
+        v.assign(store[f'untracked_{i}'])
 
 
 class MethodConfig:

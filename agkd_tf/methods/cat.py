@@ -116,6 +116,9 @@ class CAT(base.Method):
                                synchronization=tf.VariableSynchronization.ON_WRITE,
                                aggregation=tf.VariableAggregation.NONE)
 
+  def untracked_state(self):
+    return super().untracked_state() + [self.budgets]
+
   def store_budgets(self, indices, values):
     """budgets[indices] = values on every replica's copy (call in replica context)."""
     ctx = tf.distribute.get_replica_context()
