@@ -55,7 +55,7 @@ def hparams_config(method, **hparams):
 
 def _frozen_copy(network):
   """A frozen copy of a functional network, for a teacher that is also the student."""
-  if network_lib.is_network(network) and not isinstance(network, network_lib._TappedNetwork):  # pylint: disable=protected-access
+  if network_lib.is_network(network) and not network_lib.is_subclassed(network):
     copy = keras.models.clone_model(network)
     copy.set_weights(network.get_weights())
     copy.trainable = False

@@ -1,8 +1,8 @@
 """`evaluate_model`: the evaluator of `python -m agkd_tf.evaluate` on an in-memory Keras model.
 
 It runs `evaluate_lib.assess`, the binary's own runner: the same compiled attacks, the same
-integrity check of every adversarial batch (||x_adv - x||_inf <= eps, x_adv in [0, 1], finite), AutoAttack
-(Croce & Hein, ICML 2020) beside the white-box attacks, and the same gradient-masking
+integrity check of every adversarial batch (||x_adv - x||_inf <= eps, x_adv in [0, 1], finite),
+AutoAttack (Croce & Hein, ICML 2020) beside the white-box attacks, and the same gradient-masking
 diagnostics, so a defence that only looks robust is flagged here as it is by the binary.
 """
 
@@ -32,11 +32,12 @@ def _loaded_model(model, name):
     out = model(x, training=False)
     return tf.cast(out['logits'] if returns_dict else out, tf.float32)
 
-  embedding_fn = None
-  if returns_dict:
-    embedding_fn = lambda x: tf.cast(model(x, training=False)['embedding'], tf.float32)  # pylint: disable=g-long-lambda
+  def embedding_fn(x):
+    return tf.cast(model(x, training=False)['embedding'], tf.float32)
+
   return evaluate_lib.LoadedModel(name=name or model.name, logits_fn=logits_fn, input_shape=(),
-                                  num_classes=0, embedding_fn=embedding_fn)
+                                  num_classes=0,
+                                  embedding_fn=embedding_fn if returns_dict else None)
 
 
 def _check_data(images, labels, num_classes):

@@ -62,8 +62,17 @@ def num_classes(network):
   return int(network(tf.zeros([1, h, w, c]), training=False)['logits'].shape[-1])
 
 
+def is_subclassed(network):
+  """Whether `network` is `wrap`'s form of a subclassed model (no layer graph to clone)."""
+  return isinstance(network, _TappedNetwork)
+
+
+def _sublayers(model):
+  return list(model._flatten_layers(include_self=False))  # pylint: disable=protected-access
+
+
 def _layer_list(model):
-  names = [l.name for l in model._flatten_layers(include_self=False)]  # pylint: disable=protected-access
+  names = [l.name for l in _sublayers(model)]
   shown = ', '.join(names[:12]) + (', ...' if len(names) > 12 else '')
   return shown or 'none'
 
@@ -131,7 +140,7 @@ def wrap(model, feature_layer=None, embedding_layer=None, input_shape=None):
 
 
 def _named_layer(model, name, what):
-  for layer in model._flatten_layers(include_self=False):  # pylint: disable=protected-access
+  for layer in _sublayers(model):
     if layer.name == name:
       return layer
   raise ValueError(f'{model.name} has no layer "{name}" for the {what}; its layers: '
@@ -203,7 +212,7 @@ class _TappedNetwork(keras.Model):
   def _discover(self, input_shape):
     """The defaults, found by calling the model once with every layer recording its call."""
     seen = []
-    layers = list(self.model._flatten_layers(include_self=False))  # pylint: disable=protected-access
+    layers = _sublayers(self.model)
     saved = [l.__dict__.get('call') for l in layers]
     for layer in layers:
       original = layer.call
