@@ -6,6 +6,7 @@ checkpoint from another model). The binaries run their `main` through `run_main`
 absl (unknown flag, failed validator, malformed or missing flagfile) take the same path.
 """
 
+import contextlib
 import logging
 import sys
 
@@ -17,6 +18,15 @@ EXIT_USER_ERROR = 2
 
 class UserError(Exception):
   """An error the user can fix; shown as one line without a traceback."""
+
+
+@contextlib.contextmanager
+def as_value_error():
+  """Turns a `UserError` into the `ValueError` a Python caller of the API expects."""
+  try:
+    yield
+  except UserError as e:
+    raise ValueError(str(e)) from None
 
 
 def fail(message):

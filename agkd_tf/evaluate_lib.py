@@ -162,8 +162,8 @@ def check_logits(logits_fn, input_shape, what):
   if out.ndim != 2:
     raise UserError(f'{what} must be [batch, classes], got {list(out.shape)}')
   if out.min() >= 0 and out.max() <= 1 and np.allclose(out.sum(1), 1, atol=1e-3):
-    raise UserError(f'{what} looks like probabilities (rows sum to 1); the evaluation needs '
-                    'logits, or the attacks\' losses are wrong')
+    raise UserError(f'{what} looks like probabilities (rows sum to 1); attacks and defences '
+                    'need logits, or their losses are wrong: drop the final softmax')
   return int(out.shape[1])
 
 

@@ -33,7 +33,6 @@ import agkd_tf  # First: selects the TensorFlow backend of Keras.
 from agkd_tf import data as agkd_data
 from agkd_tf import optim
 import keras
-import numpy as np
 import tensorflow as tf
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,8 +10,8 @@ import tensorflow as tf
 
 import agkd_tf
 from agkd_tf import data as data_lib
-from agkd_tf import evaluate_lib
 from agkd_tf import export_lib
+from agkd_tf import io_utils
 from agkd_tf import methods
 from agkd_tf import models
 from agkd_tf import optim
@@ -94,7 +94,7 @@ def test_wrap_rejects_bad_models_in_one_line():
   _one_line_value_error(lambda: agkd_tf.wrap(_Subclassed()), 'pass input_shape=')
   probs = _functional()
   probs = keras.Model(probs.inputs, keras.layers.Softmax()(probs.outputs[0]))
-  _one_line_value_error(lambda: agkd_tf.wrap(probs), 'returns probabilities')
+  _one_line_value_error(lambda: agkd_tf.wrap(probs), 'looks like probabilities')
   vectors = keras.Sequential([keras.Input((12,)), keras.layers.Dense(3)])
   _one_line_value_error(lambda: agkd_tf.wrap(vectors), 'must take a batch of images')
   _one_line_value_error(lambda: agkd_tf.wrap(lambda x: x), 'takes a keras.Model')
@@ -147,16 +147,26 @@ def test_defend_fit_resumes_after_a_kill_to_the_same_weights(method, tmp_path):
   assert int(defence.optimizer.iterations.numpy()) == 9
 
 
-def test_defend_validation_feeds_early_stopping():
+def test_defend_fit_takes_the_standard_callbacks(tmp_path):
   model = _functional()
   defence = agkd_tf.defend(model, 'at', attack_steps=1)
   defence.compile(optimizer=keras.optimizers.SGD(0.01))
   stop = keras.callbacks.EarlyStopping(monitor='val_accuracy', patience=0, mode='max')
+  best = str(tmp_path / 'best.weights.h5')
+  callbacks = [stop, keras.callbacks.TensorBoard(str(tmp_path / 'logs')),
+               keras.callbacks.ModelCheckpoint(best, monitor='val_accuracy', mode='max',
+                                               save_best_only=True, save_weights_only=True)]
   history = defence.fit(_dataset(), validation_data=_dataset(), epochs=5, verbose=0,
-                        callbacks=[stop])
+                        callbacks=callbacks)
   logits = model(tf.constant(_X, tf.float32) / 255.0, training=False).numpy()
   assert history.history['val_accuracy'][-1] == pytest.approx((logits.argmax(1) == _Y).mean())
   assert set(history.history) >= {'val_loss', 'val_accuracy', 'adv_accuracy'}
+  assert os.listdir(tmp_path / 'logs' / 'train') and os.listdir(tmp_path / 'logs' / 'validation')
+  # The best epoch's weights load back into a fresh defence of the same network.
+  fresh = agkd_tf.defend(_functional(seed=5), 'at', attack_steps=1)
+  fresh.load_weights(best)
+  assert any(not np.array_equal(a, b) for a, b in zip(_functional(seed=5).get_weights(),
+                                                      fresh.network.get_weights()))
 
 
 def test_defend_trains_under_mirrored_strategy():
@@ -229,7 +239,7 @@ def test_evaluate_model_equals_the_evaluation_binary(tmp_path):
   defence.compile(optimizer=keras.optimizers.SGD(0.1))
   defence.fit(_dataset(), epochs=3, verbose=0)
   export = str(tmp_path / 'export')
-  model.export(export)
+  model.export(export, verbose=False)
   data = str(tmp_path / 'data.npz')
   np.savez(data, x_train=_X, y_train=_Y, x_test=_X, y_test=_Y)
   attacks = ('clean', 'fgsm', 'pgd5', 'cw5')
@@ -237,18 +247,12 @@ def test_evaluate_model_equals_the_evaluation_binary(tmp_path):
                     f'--attacks={",".join(attacks)}', '--num_examples=0', '--nomasking_checks',
                     f'--output_dir={tmp_path / "eval"}', '--verbose=0')
   assert proc.returncode == 0, proc.stderr
-  binary = evaluate_lib.io_utils.read_json(str(tmp_path / 'eval' / 'eval.json'))
-  report = agkd_tf.evaluate_model(model, binary_images(data, binary), _Y, attacks=attacks,
-                                  masking_checks=False)
+  binary = io_utils.read_json(str(tmp_path / 'eval' / 'eval.json'))
+  assert binary['num_examples'] == len(_Y)  # --num_examples=0: the whole split, in file order.
+  report = agkd_tf.evaluate_model(model, _X, _Y, attacks=attacks, masking_checks=False)
   assert report['accuracy'] == binary['accuracy']
   assert report['masking_flags'] == [] and set(report['max_perturbation']) == set(attacks[1:])
   assert '| user_cnn |' in report.to_markdown()
-
-
-def binary_images(path, report):
-  """The test images of the npz in the binary's order (all of them: --num_examples=0)."""
-  assert report['num_examples'] == len(_Y)
-  return np.load(path)['x_test']
 
 
 def test_evaluate_model_reports_aa_and_masking_flags():

@@ -13,26 +13,16 @@ default, `train_lib.method_config` turns it into the method's config, for the fl
 function alike.
 """
 
-import contextlib
 import dataclasses
 
 import keras
 import numpy as np
 
 from agkd_tf import data as data_lib
+from agkd_tf import errors
 from agkd_tf import methods
 from agkd_tf import train_lib
 from agkd_tf.api import network as network_lib
-from agkd_tf.errors import UserError
-
-
-@contextlib.contextmanager
-def user_errors_as_value_errors():
-  """The library's `UserError` becomes the `ValueError` a Python caller expects."""
-  try:
-    yield
-  except UserError as e:
-    raise ValueError(str(e)) from None
 
 
 def hparams_config(method, **hparams):
@@ -46,7 +36,7 @@ def hparams_config(method, **hparams):
   if unknown:
     raise ValueError(f'unknown hyper-parameter {unknown[0]!r} for defend(); valid: '
                      f'{", ".join(sorted(valid))}')
-  with user_errors_as_value_errors():
+  with errors.as_value_error():
     methods.validate_name(method)
     config = dataclasses.replace(train_lib.TrainConfig(model_dir=''), method=method, **hparams)
     train_lib.check_method_hparams(config)
@@ -103,7 +93,7 @@ def defend(network, method='agkd_bml', teacher=None, train_images=None, flip=Tru
   if cls.needs_teacher(config):
     if teacher is None:
       raise ValueError(f'method {method!r} needs teacher=: a naturally trained model')
-    teacher = network if teacher is network else network_lib.wrap(teacher)
+    teacher = network_lib.wrap(teacher)  # A network `wrap` made is returned as it is.
     if _shares_weights(teacher, network):
       teacher = _frozen_copy(teacher)
   elif teacher is not None:
@@ -118,7 +108,7 @@ def defend(network, method='agkd_bml', teacher=None, train_images=None, flip=Tru
                        'set')
     if cls.needs_class_bank(config):
       bank = data_lib.ClassBank(x, y, num_classes)
-  with user_errors_as_value_errors():
+  with errors.as_value_error():
     defence = methods.build(method, network, num_classes,
                             train_lib.method_config(config, flip, num_train), teacher=teacher,
                             class_bank=bank, seed=config.seed)

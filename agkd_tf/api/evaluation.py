@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from agkd_tf import errors
 from agkd_tf import evaluate_lib
-from agkd_tf.api import defence
 from agkd_tf.api import network as network_lib
 
 
@@ -90,7 +90,7 @@ def evaluate_model(model, images, labels, attacks=('clean', 'pgd20', 'cw20', 'aa
   images = np.asarray(images)
   if images.ndim != 4:
     raise ValueError(f'images must be [N, height, width, 1 or 3], got {list(images.shape)}')
-  with defence.user_errors_as_value_errors():
+  with errors.as_value_error():
     num_classes = evaluate_lib.check_logits(loaded.logits_fn, images.shape[1:],
                                             f'the output of {loaded.name}')
   images, labels = _check_data(images, labels, num_classes)
@@ -98,7 +98,7 @@ def evaluate_model(model, images, labels, attacks=('clean', 'pgd20', 'cw20', 'aa
                                    num_examples=len(labels), aa_examples=aa_examples,
                                    aa_version=aa_version, batch_size=batch_size, seed=seed,
                                    masking_checks=masking_checks, verbose=verbose)
-  with defence.user_errors_as_value_errors():
+  with errors.as_value_error():
     evaluate_lib.check_config(config)
     result, _, _ = evaluate_lib.assess(loaded, images, labels, config, dataset='in-memory images')
   return Report(result)

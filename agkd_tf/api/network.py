@@ -22,8 +22,10 @@ import functools
 import threading
 
 import keras
-import numpy as np
 import tensorflow as tf
+
+from agkd_tf import errors
+from agkd_tf import evaluate_lib
 
 OUTPUT_KEYS = ('logits', 'embedding', 'feature_map')
 
@@ -83,23 +85,17 @@ def _check_image_shape(shape, what):
                      f'{None if shape is None else tuple(shape)}')
 
 
-def _check_logits(network, input_shape):
-  """Probes a wrapped network: rank-2 logits that are not probabilities."""
+def _check_outputs(network, input_shape):
+  """Probes a wrapped network: logits that are not probabilities, and the two activations."""
+  with errors.as_value_error():
+    evaluate_lib.check_logits(lambda x: network(x, training=False)['logits'], input_shape[1:],
+                              'the model\'s output')
   h, w, c = (d or 32 for d in input_shape[1:])
-  probe = tf.random.stateless_uniform([4, h, w, c], [0, 1])
-  out = network(probe, training=False)
-  logits = np.asarray(tf.cast(out['logits'], tf.float32))
-  if logits.ndim != 2:
-    raise ValueError(f'the model must return logits [batch, classes], not {list(logits.shape)}')
-  if logits.min() >= 0 and logits.max() <= 1 and np.allclose(logits.sum(1), 1, atol=1e-3):
-    raise ValueError('the model returns probabilities (rows sum to 1); the defences and attacks '
-                     'need logits: drop the final softmax')
-  for key in ('embedding', 'feature_map'):
-    rank = len(out[key].shape)
-    want = 2 if key == 'embedding' else 4
-    if rank != want:
-      raise ValueError(f'the {key} must be a rank-{want} tensor, the chosen layer gives rank '
-                       f'{rank}')
+  out = network(tf.zeros([1, h, w, c]), training=False)
+  for key, rank in (('embedding', 2), ('feature_map', 4)):
+    if len(out[key].shape) != rank:
+      raise ValueError(f'the {key} must be a rank-{rank} tensor, the chosen layer gives rank '
+                       f'{len(out[key].shape)}')
 
 
 def wrap(model, feature_layer=None, embedding_layer=None, input_shape=None):
@@ -135,7 +131,7 @@ def wrap(model, feature_layer=None, embedding_layer=None, input_shape=None):
   else:
     shape = _subclassed_input_shape(model, input_shape)
     network = _TappedNetwork(model, shape, feature_layer, embedding_layer)
-  _check_logits(network, shape)
+  _check_outputs(network, shape)
   return network
 
 
