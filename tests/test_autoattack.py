@@ -424,6 +424,23 @@ def test_autoattack_pipeline_on_a_tiny_conv_net():
   assert any('robust accuracy after SQUARE' in m for m in messages)
 
 
+def test_every_attack_runs_on_a_single_robust_image():
+  # With one robust image left, every batch shape is fully known; FAB-T's and Square's loops
+  # used to refuse the batch dimension their reshapes and random draws made unknown.
+  network = helpers.dense_network(input_shape=(8, 8, 3), num_classes=10, seed=5)
+
+  def model_fn(images):
+    return network(images, training=False)['logits']
+
+  x = np.random.RandomState(1).uniform(0, 1, [1, 8, 8, 3]).astype(np.float32)
+  y = common.predict(model_fn, x).numpy()
+  attack = aa.AutoAttack(model_fn, 1e-4, seed=0, n_iter=5, n_queries=20)
+  x_adv, report = attack.run(x, y, batch_size=1)
+  assert report['attacked'] == {'apgd-ce': 1, 'apgd-t': 1, 'fab-t': 1, 'square': 1}
+  assert report['final_robust_accuracy'] == 1.0
+  assert np.abs(x_adv - x).max() <= 1e-4 + 1e-6
+
+
 # ---------------------------------------------------------------- checks
 
 

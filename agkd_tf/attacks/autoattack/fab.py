@@ -184,8 +184,12 @@ def _fab_loop(model_fn, x, y, y_target, eps, seed, n_iter, alpha_max, eta, beta,
     res2 = tf.where(closer, dist_x1, res2)
     # Step back toward the original so that the next iterations look for a closer point.
     x1 = tf.where(common.expand(is_adv, x), x + (x1 - x) * beta, x1)
-    return i + 1, x1, adv, res2
+    # The reshapes above lose a static batch size, which tf.while_loop refuses when the batch is
+    # fully known (a single robust image left for FAB-T).
+    return (i + 1, tf.ensure_shape(x1, x.shape), tf.ensure_shape(adv, x.shape),
+            tf.ensure_shape(res2, res2_shape))
 
+  res2_shape = res2.shape
   _, _, adv, res2 = tf.while_loop(lambda i, *_: i < n_iter, body,
                                   (tf.constant(0), x1, x, res2))
   success = tf.logical_and(clean_ok, res2 < _FAR)

@@ -79,6 +79,7 @@ def _square_loop(model_fn, x, y, eps, seed, n_queries, p_init, rescale_schedule)
   margin_min = common.margin(common.logits_of(model_fn, x_best), y)
   rows = tf.range(height)[None, :]
   cols = tf.range(width)[None, :]
+  margin_shape = margin_min.shape
 
   def body(i, x_best, margin_min):
     active = margin_min > 0.0
@@ -98,7 +99,10 @@ def _square_loop(model_fn, x, y, eps, seed, n_queries, p_init, rescale_schedule)
     accept = tf.logical_and(active, tf.logical_or(margin < margin_min, margin <= 0.0))
     x_best = tf.where(common.expand(accept, x), x_new, x_best)
     margin_min = tf.where(accept, margin, margin_min)
-    return i + 1, x_best, margin_min
+    # The batch-sized random draws lose a static batch size, which tf.while_loop refuses when
+    # the batch is fully known (a single robust image left).
+    return (i + 1, tf.ensure_shape(x_best, x.shape),
+            tf.ensure_shape(margin_min, margin_shape))
 
   def cond(i, _, margin_min):
     return tf.logical_and(i < n_queries, tf.reduce_any(margin_min > 0.0))
