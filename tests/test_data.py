@@ -8,6 +8,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from agkd_tf import data
+from agkd_tf.data import image_files
 from agkd_tf.data import loaders
 from agkd_tf.data import pipeline
 from agkd_tf.errors import UserError
@@ -197,3 +198,37 @@ def test_shared_cifar10_jpeg_folder(shared_cifar):
   # Real CIFAR-10 statistics (about 0.49, 0.48, 0.45 and 0.25, 0.24, 0.26).
   np.testing.assert_allclose(mean, [0.49, 0.48, 0.45], atol=0.05)
   np.testing.assert_allclose(std, [0.25, 0.24, 0.26], atol=0.04)
+
+
+def _pil_pixels(path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(path) as im:
+    return np.asarray(im.convert('RGB'))
+
+
+def test_jpeg_pixels_equal_pil_on_generated_files(tmp_path):
+  """Noisy colour and grayscale JPEGs (4:2:0 and 4:4:4) and a PNG named .jpg decode as PIL does."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(0)
+  paths = []
+  for i, (mode, subsampling) in enumerate([('RGB', 2), ('RGB', 0), ('L', 0)]):
+    pixels = rng.randint(0, 256, (32, 32, 3 if mode == 'RGB' else 1), np.uint8).squeeze()
+    path = str(tmp_path / f'{i}.jpg')
+    Image.fromarray(pixels, mode).save(path, quality=75, subsampling=subsampling)
+    paths.append(path)
+  png_named_jpg = str(tmp_path / 'png.jpg')
+  Image.fromarray(rng.randint(0, 256, (32, 32, 3), np.uint8)).save(png_named_jpg, format='PNG')
+  paths.append(png_named_jpg)
+  decoded = image_files.decode_images(paths)
+  for path, image in zip(paths, decoded):
+    np.testing.assert_array_equal(image, _pil_pixels(path), err_msg=path)
+
+
+def test_jpeg_pixels_equal_pil_on_shared_cifar(shared_cifar):
+  """The shared CIFAR-10 JPEGs: 100 test images of every class give PIL's pixels exactly."""
+  paths = []
+  for name in sorted(os.listdir(os.path.join(shared_cifar, 'test'))):
+    paths += image_files.list_images(os.path.join(shared_cifar, 'test', name))[:10]
+  decoded = image_files.decode_images(paths)
+  differing = [p for p, image in zip(paths, decoded) if not np.array_equal(image, _pil_pixels(p))]
+  assert not differing, f'{len(differing)} of {len(paths)} differ from PIL, e.g. {differing[:3]}'
