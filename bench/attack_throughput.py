@@ -2,15 +2,19 @@ r"""PGD-20 throughput: our compiled attack against cleverhans 4, and float32 aga
 
 On the same network in the same process, alternating in rounds, at batch 256:
 - native float32 PGD-20 images/sec / cleverhans `projected_gradient_descent` images/sec
-  (goal >= 1.0: our machinery costs nothing);
+  (goal >= 1.05). Our loop is unrolled on CPUs for step counts up to
+  `attacks.MAX_UNROLLED_STEPS`; the same attack with its step count given as a tensor runs as a
+  `tf.while_loop`, and is timed too (native unrolled / native while_loop) to show what the
+  unrolling is worth;
 - native PGD-20 on a bfloat16 copy of the network (Keras `mixed_bfloat16` policy, same weights;
   the perturbation stays float32) / native float32, the candidate for training-time attacks.
 With --model_dir (a trained cnn-cpu run), it also reports how much the attack's strength changes
 in bfloat16: PGD-20 accuracy with float32 and with bfloat16 passes on the same test images.
 
-  python bench/attack_throughput.py [--models=cnn-cpu,wrn-16-4] [--model_dir=RUN]
+  python bench/attack_throughput.py [--models=cnn-cpu,wrn-16-4] [--model_dir=RUN] [--readme]
 """
 
+import json
 import os
 import statistics
 import sys
@@ -43,6 +47,7 @@ flags.DEFINE_integer('strength_examples', 1000, 'Test images for the strength co
 flags.DEFINE_integer('bf16_batch_size', 32, 'Batch of the bfloat16-vs-float32 timing.')
 flags.DEFINE_list('bf16_models', ['cnn-cpu'], 'Models whose bfloat16 attack is timed too (on a '
                   'CPU without native bfloat16 it is several times slower than float32).')
+flags.DEFINE_bool('readme', False, 'Also rewrite the README block of these results.')
 FLAGS = flags.FLAGS
 EPS, STEP, STEPS = 8 / 255, 2 / 255, 20
 
@@ -70,6 +75,11 @@ def _fns(network, network_bf16):
     return attacks.pgd(logits, x, y, EPS, STEP, STEPS, seed=seed)
 
   @tf.function(reduce_retracing=True)
+  def native_while(x, y, seed):
+    # A tensor step count cannot be unrolled: this is the same attack as one tf.while_loop.
+    return attacks.pgd(logits, x, y, EPS, STEP, tf.constant(STEPS), seed=seed)
+
+  @tf.function(reduce_retracing=True)
   def native_bf16(x, y, seed):
     return attacks.pgd(logits_bf16, x, y, EPS, STEP, STEPS, seed=seed)
 
@@ -79,7 +89,8 @@ def _fns(network, network_bf16):
     return ch_pgd.projected_gradient_descent(logits, x, EPS, STEP, STEPS, np.inf, clip_min=0.0,
                                              clip_max=1.0, y=y, rand_init=True, rand_minmax=EPS,
                                              sanity_checks=False)
-  return {'native': native, 'native_bf16': native_bf16, 'cleverhans': cleverhans}
+  return {'native': native, 'native_while': native_while, 'native_bf16': native_bf16,
+          'cleverhans': cleverhans}
 
 
 def _batches(name):
@@ -134,14 +145,15 @@ def main(argv):
     fns = _fns(network, _bf16_copy(network, name, (32, 32, 3), 10))
     x = tf.constant(rng.rand(FLAGS.batch_size, 32, 32, 3).astype(np.float32))
     y = tf.constant(rng.randint(0, 10, FLAGS.batch_size).astype(np.int32))
-    speeds = {'native': [], 'cleverhans': []}
+    speeds = {'native': [], 'cleverhans': [], 'native_while': []}
     for r in range(_rounds(name)):
-      order = ['native', 'cleverhans'] if r % 2 == 0 else ['cleverhans', 'native']
+      order = list(speeds)[r % 3:] + list(speeds)[:r % 3]  # Each side runs first in turn.
       for k in order:
         speeds[k].append(_time(fns[k], x, y, _batches(name)))
       print(f'{name} round {r}: ' + ', '.join(f'{k} {v[-1]:.1f} img/s' for k, v in
                                             speeds.items()), flush=True)
     ratio_ch = [a / b for a, b in zip(speeds['native'], speeds['cleverhans'])]
+    ratio_while = [a / b for a, b in zip(speeds['native'], speeds['native_while'])]
     # bfloat16 on a smaller batch of its own, against float32 on the same batch: on a CPU
     # without native bfloat16 it is several times slower, and a full batch would take minutes.
     bf = {'native': [], 'native_bf16': []}
@@ -160,14 +172,21 @@ def main(argv):
                  'cleverhans_img_s': statistics.median(speeds['cleverhans']),
                  'native_vs_cleverhans': statistics.median(ratio_ch),
                  'ratio_min': min(ratio_ch), 'ratio_max': max(ratio_ch),
-                 'bf16_vs_fp32': statistics.median(ratio_bf) if ratio_bf else None})
+                 'while_img_s': statistics.median(speeds['native_while']),
+                 'unrolled_vs_while': statistics.median(ratio_while),
+                 'bf16_vs_fp32': statistics.median(ratio_bf) if ratio_bf else None,
+                 'bf16_batch': FLAGS.bf16_batch_size})
   notes = (f'PGD-20 (eps 8/255, step 2/255, random start), batch {FLAGS.batch_size}, '
            f'alternating rounds ({", ".join(f"{m}: {_rounds(m)}" for m in FLAGS.models)}), '
            'medians. '
-           f'Goal: native/cleverhans >= 1.0. bf16 / fp32: native PGD-20 with bfloat16 passes '
+           f'Goal: native/cleverhans >= 1.05. "while_loop img/s": the same native attack with '
+           f'its step count as a tensor, so one tf.while_loop instead of the unrolled loop. '
+           f'bf16 / fp32: native PGD-20 with bfloat16 passes '
            f'against float32 passes, batch {FLAGS.bf16_batch_size}.')
+  strength = None
   if FLAGS.model_dir:
     strength, n = _strength(FLAGS.model_dir)
+    strength['n'] = n
     notes += (f' Attack strength on {n} test images of {FLAGS.model_dir}: PGD-20 accuracy '
               f'{strength["native"]:.2f}% with float32 passes, {strength["native_bf16"]:.2f}% '
               'with bfloat16 passes.')
@@ -175,8 +194,50 @@ def main(argv):
                [('model', 'model'), ('batch', 'batch'), ('timed batches', 'timed_batches'),
                 ('native img/s', 'native_img_s'), ('cleverhans img/s', 'cleverhans_img_s'),
                 ('native / cleverhans (median)', 'native_vs_cleverhans'), ('min', 'ratio_min'),
-                ('max', 'ratio_max'), ('bf16 / fp32', 'bf16_vs_fp32')],
-               notes=notes)
+                ('max', 'ratio_max'), ('while_loop img/s', 'while_img_s'),
+                ('unrolled / while_loop', 'unrolled_vs_while'), ('bf16 / fp32', 'bf16_vs_fp32')],
+               notes=notes, extra={'rounds': {m: _rounds(m) for m in FLAGS.models},
+                                   'strength': strength})
+  if FLAGS.readme:
+    write_readme()
+
+
+def write_readme():
+  """The README's PGD rows of the Speed table, from results/attack_throughput.json."""
+  with open(os.path.join(common.RESULTS, 'attack_throughput.json')) as f:
+    result = json.load(f)
+  cpu = result['machine']['cpu']
+  lines = ['| benchmark | figure | command |', '|---|---|---|']
+  for r in result['rows']:
+    n = result['rounds'][r['model']]
+    lines.append(
+        f'| PGD-20, our compiled attack / cleverhans `projected_gradient_descent`, {r["model"]}, '
+        f'batch {r["batch"]} | {r["native_vs_cleverhans"]:.2f}x median ({r["ratio_min"]:.2f}-'
+        f'{r["ratio_max"]:.2f} over {n} rounds; {r["native_img_s"]:.1f} vs '
+        f'{r["cleverhans_img_s"]:.1f} img/s); unrolled / `tf.while_loop` '
+        f'{r["unrolled_vs_while"]:.2f}x; {cpu} | `{result["command"]}` |')
+    if r['bf16_vs_fp32'] is not None:
+      strength = result.get('strength')
+      same = ('' if not strength else f'; PGD-20 accuracy {strength["native"]:.2f}% in float32, '
+              f'{strength["native_bf16"]:.2f}% in bfloat16 on {strength["n"]} test images')
+      lines.append(
+          f'| PGD-20 with bfloat16 passes / float32, {r["model"]}, batch {r["bf16_batch"]} '
+          f'| {r["bf16_vs_fp32"]:.2f}x on {cpu} ({_bf16_note()}){same} | the same command |')
+  common.readme_block('attack_throughput', lines)
+
+
+def _bf16_note():
+  """Whether this CPU has native bfloat16 arithmetic, from its feature flags."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      flags_line = next((line for line in f if line.startswith('flags')), '')
+  except OSError:
+    return 'CPU features unknown'
+  have = [f for f in ('avx512_bf16', 'amx_bf16') if f in flags_line.split()]
+  if have:
+    return f'native bfloat16: {", ".join(have)}'
+  return 'no native bfloat16: no AVX-512-BF16 or AMX'
+
 
 
 if __name__ == '__main__':

@@ -111,3 +111,33 @@ def build_training(method_name, model_name, splits, attack_steps, device='/cpu:0
     method.compile(optimizer=opt)
     opt.build(network.trainable_variables)
   return method, train_lib.make_step_fn(method, strategy, jit_compile)
+
+
+def readme_block(name, lines, readme=None):
+  """Replaces README.md's block between `<!-- name:begin ... -->` and `<!-- name:end -->`.
+
+  The block holds figures a script wrote, so the README and the results files agree; the begin
+  marker names the command that rewrites it. Written to a temporary file and renamed, so a failure
+  never leaves a half-written README.
+
+  Args:
+    name: the block's name, e.g. 'attack_throughput'.
+    lines: the block's new Markdown lines.
+    readme: the README's path (default: the repository's README.md).
+
+  Raises:
+    SystemExit: the README has no such block.
+  """
+  readme = readme or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  'README.md')
+  with open(readme) as f:
+    text = f.read()
+  begin, end = f'<!-- {name}:begin', f'<!-- {name}:end -->'
+  if begin not in text or end not in text:
+    raise SystemExit(f'error: {readme} has no {begin} ... --> ... {end} block')
+  head, rest = text.split(begin, 1)
+  marker, rest = rest.split('\n', 1)
+  _, tail = rest.split(end, 1)
+  with open(readme + '.tmp', 'w') as f:
+    f.write(head + begin + marker + '\n' + '\n'.join(lines) + '\n' + end + tail)
+  os.replace(readme + '.tmp', readme)

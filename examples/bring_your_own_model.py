@@ -57,10 +57,6 @@ flags.DEFINE_string('results_dir', os.path.join(_REPO, 'bench', 'results'),
 flags.DEFINE_bool('readme', False, 'Also rewrite the README block of these results.')
 FLAGS = flags.FLAGS
 
-README_BEGIN = ('<!-- bring_your_own_model:begin (written by examples/bring_your_own_model.py '
-                '--readme) -->')
-README_END = '<!-- bring_your_own_model:end -->'
-
 
 def user_cnn(num_classes):
   """The user's own network: plain Keras layers, [0, 1] images in, logits out."""
@@ -182,16 +178,7 @@ def write_readme():
   """Replaces the README block between the markers with the results table."""
   with open(os.path.join(FLAGS.results_dir, 'bring_your_own_model.md')) as f:
     table = f.read().split('\n', 2)[2].strip()  # Drop the title line.
-  path = os.path.join(_REPO, 'README.md')
-  with open(path) as f:
-    text = f.read()
-  if README_BEGIN not in text or README_END not in text:
-    raise SystemExit(f'error: {path} has no {README_BEGIN} ... {README_END} block')
-  head, rest = text.split(README_BEGIN, 1)
-  _, tail = rest.split(README_END, 1)
-  with open(path + '.tmp', 'w') as f:
-    f.write(f'{head}{README_BEGIN}\n{table}\n{README_END}{tail}')
-  os.replace(path + '.tmp', path)
+  common.readme_block('bring_your_own_model', table.split('\n'))
 
 
 if __name__ == '__main__':

@@ -289,12 +289,18 @@ def test_loop_is_in_graph_and_same_shape_batches_do_not_retrace(name):
                                      tf.TensorSpec([2], tf.int32)).graph
     return len(graph.get_operations()), {op.type for op in graph.get_operations()}
 
-  few, op_types = graph_size(2)
+  # Above the unrolling limit, one loop op holds the model once: 50 steps build the same graph
+  # as 30 (unrolled, it would hold 20 more model copies).
+  limit = attacks.MAX_UNROLLED_STEPS
+  few, op_types = graph_size(limit + 10)
   many, _ = graph_size(50)
-  # One loop op holds the model once: 50 steps build the same graph as 2 (unrolled, it would
-  # hold 25 times as many model copies).
   assert op_types & {'While', 'StatelessWhile'}
   assert few == many
+  # Up to the limit, on a CPU, the loop is unrolled: no loop op, one copy of the step per step.
+  two, op_types = graph_size(2)
+  three, _ = graph_size(3)
+  assert not op_types & {'While', 'StatelessWhile'}
+  assert three - two == graph_size(4)[0] - three > 0
 
   attack = attacks.get_attack(f'{name}3')
   fn = tf.function(lambda x, y, seed: attack(model_fn, x, y, EPS, seed=seed))
@@ -309,12 +315,14 @@ def test_loop_is_in_graph_and_same_shape_batches_do_not_retrace(name):
 def test_step_count_may_be_a_tensor(batch, cnn):
   x, y = batch
   model_fn = _logits_fn(cnn)
-  fn = tf.function(lambda steps: attacks.bim(model_fn, x, y, EPS, STEP, steps))
-  three = fn(tf.constant(3)).numpy()
-  fixed = tf.function(lambda: attacks.bim(model_fn, x, y, EPS, STEP, 3))().numpy()
+  # The images are arguments, as in every real caller: captured as constants, Grappler would fold
+  # parts of the projection into them differently in the two graphs (a last-bit difference).
+  fn = tf.function(lambda images, steps: attacks.bim(model_fn, images, y, EPS, STEP, steps))
+  three = fn(x, tf.constant(3)).numpy()
+  fixed = tf.function(lambda images: attacks.bim(model_fn, images, y, EPS, STEP, 3))(x).numpy()
   np.testing.assert_array_equal(three, fixed)
   assert np.max(np.abs(three - x)) > 2.5 * STEP
-  fn(tf.constant(5))
+  fn(x, tf.constant(5))
   assert fn.experimental_get_tracing_count() == 1
 
 

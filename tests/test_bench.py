@@ -237,3 +237,23 @@ def test_speed_collects_a_ratio_and_the_fraction_of_peak(tmp_path):
   assert abs(pgd['peak_fraction'] - pgd['gflops'] / result['peak_gflops']) < 1e-9
   assert peak['peak_fraction'] == 1.0 and peak['ours'] == result['peak_gflops'] > 0
   assert result['forward_flops'] > 1e6  # cnn-cpu is tens of MFLOPs per image.
+
+
+def test_readme_block_replaces_only_its_block(tmp_path):
+  sys.path.insert(0, REPO)
+  from bench import common  # pylint: disable=g-import-not-at-top
+  readme = tmp_path / 'README.md'
+  readme.write_text('intro\n<!-- speed:begin (written by x.py) -->\nstale\n<!-- speed:end -->\n'
+                    '<!-- other:begin -->\nkept\n<!-- other:end -->\n')
+  common.readme_block('speed', ['| a |', '|---|'], str(readme))
+  assert readme.read_text() == (
+      'intro\n<!-- speed:begin (written by x.py) -->\n| a |\n|---|\n<!-- speed:end -->\n'
+      '<!-- other:begin -->\nkept\n<!-- other:end -->\n')
+  readme.write_text('no markers\n')
+  try:
+    common.readme_block('speed', ['x'], str(readme))
+  except SystemExit as e:
+    assert 'has no <!-- speed:begin' in str(e)
+  else:
+    raise AssertionError('a README without the block was accepted')
+  assert readme.read_text() == 'no markers\n'

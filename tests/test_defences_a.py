@@ -266,3 +266,24 @@ def test_one_step_on_a_fixed_batch_lowers_the_total_loss(splits, name):
   assert set(logs) == set(method.loss_terms) | set(method.accuracies)
   np.testing.assert_allclose(logs['loss'], before, rtol=1e-4)
   assert total_at_fixed_randomness() < before
+
+
+@pytest.mark.parametrize('name', ['trades', 'mart'])
+def test_attacks_leave_a_start_below_bfloat16_spacing(name):
+  """In bfloat16, a start closer to x than the spacing still gives a moving attack.
+
+  Pixels on bfloat16's grid in [0.5, 1) (spacing 1/256) and a start 1e-4 away: the network's
+  first cast rounds x' back onto x. TRADES's KL then had exactly zero gradient and its attack
+  stayed at the start; MART's CE does not vanish. Both must move a full step.
+  """
+  rng = np.random.RandomState(0)
+  x = tf.constant((128 + rng.randint(0, 128, (6, 8, 8, 3))) / 256, tf.float32)
+  y = tf.constant(rng.randint(0, K, 6), tf.int32)
+  method = _bare(name, attack_dtype='bfloat16', attack_steps=1)
+  start = x + 1e-4 * tf.constant(rng.randn(6, 8, 8, 3), tf.float32)
+  method.attack_start = lambda images: start
+  x_adv = tf.function(method.adversarial)(x, y).numpy()
+  moved = np.abs(x_adv - start.numpy()) > 0.5 * 2 / 255
+  assert moved.mean() > 0.9, moved.mean()
+  # Every example moves, not only some: a zero KL gradient is per example.
+  assert moved.reshape(6, -1).mean(axis=1).min() > 0.5

@@ -42,18 +42,20 @@ from agkd_tf.attacks.bim import bim
 from agkd_tf.attacks.fgsm import fgsm
 from agkd_tf.attacks.mim import mim
 from agkd_tf.attacks.pgd import DEFAULT_STEP_SIZE
+from agkd_tf.attacks.pgd import MAX_UNROLLED_STEPS
 from agkd_tf.attacks.pgd import attack_loss
 from agkd_tf.attacks.pgd import cw_margin_loss
 from agkd_tf.attacks.pgd import loss_gradient
 from agkd_tf.attacks.pgd import most_confusing_labels
 from agkd_tf.attacks.pgd import pgd
 from agkd_tf.attacks.pgd import project
+from agkd_tf.attacks.pgd import repeat
 from agkd_tf.attacks.pgd import uniform_start
 from agkd_tf.errors import UserError
 
-__all__ = ['Attack', 'DEFAULT_STEP_SIZE', 'VALID_FORMS', 'attack_loss', 'bim', 'cw_margin_loss',
-           'fgsm', 'get_attack', 'loss_gradient', 'mim', 'most_confusing_labels', 'pgd', 'project',
-           'uniform_start']
+__all__ = ['Attack', 'DEFAULT_STEP_SIZE', 'MAX_UNROLLED_STEPS', 'VALID_FORMS', 'attack_loss',
+           'bim', 'cw_margin_loss', 'fgsm', 'get_attack', 'loss_gradient', 'mim',
+           'most_confusing_labels', 'pgd', 'project', 'repeat', 'uniform_start']
 
 _FAMILIES = {}
 

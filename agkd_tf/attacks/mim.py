@@ -24,6 +24,7 @@ from agkd_tf.attacks.pgd import check_loss
 from agkd_tf.attacks.pgd import loss_gradient
 from agkd_tf.attacks.pgd import per_example
 from agkd_tf.attacks.pgd import project
+from agkd_tf.attacks.pgd import repeat
 
 DEFAULT_DECAY = 1.0
 
@@ -54,16 +55,14 @@ def mim(model_fn, x, y, eps, step_size=DEFAULT_STEP_SIZE, steps=10,
   step_size = per_example(step_size, rank)
   pixel_axes = list(range(1, rank))
 
-  def body(i, x_adv, momentum):
+  def body(x_adv, momentum):
     grad = loss_gradient(model_fn, x_adv, y, loss, targeted, dtype)
     # Normalising each example's gradient makes every step weigh equally in the momentum, however
     # the loss scale changes along the path; the floor keeps a zero gradient from dividing by 0.
     scale = tf.maximum(1e-12, tf.reduce_mean(tf.abs(grad), pixel_axes, keepdims=True))
     momentum = decay * momentum + grad / scale
     x_adv = project(x_adv + step_size * tf.sign(momentum), x, eps)
-    return i + 1, tf.stop_gradient(x_adv), tf.stop_gradient(momentum)
+    return tf.stop_gradient(x_adv), tf.stop_gradient(momentum)
 
-  steps = tf.cast(steps, tf.int32)
-  _, x_adv, _ = tf.while_loop(lambda i, *_: i < steps, body,
-                              (tf.constant(0), x, tf.zeros_like(x)))
+  x_adv, _ = repeat(body, (x, tf.zeros_like(x)), steps)
   return tf.stop_gradient(x_adv)

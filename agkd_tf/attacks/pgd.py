@@ -7,9 +7,12 @@ code writes it: -max(z_y - max_{j != y} z_j + 50, 0). Targeted PGD descends the 
 given labels; AGKD-BML aims it at the most confusing class, argmax_{j != y} z_j.
 
 Choices:
-- A pure function of (model_fn, x, y, config). The whole loop is one `tf.while_loop`, so inside a
-  `tf.function` the graph holds one copy of the model whatever the number of steps, and a batch of
-  an already-seen shape does not retrace. Nothing here asks for XLA; the caller decides.
+- A pure function of (model_fn, x, y, config). The whole loop runs in the caller's graph (`repeat`):
+  unrolled when the step count is a small Python int on a CPU, where TensorFlow's executor runs
+  an unrolled loop faster than a `tf.while_loop` (measured in `bench/attack_throughput.py`; it is
+  why cleverhans's traced Python loop was ahead of ours), and one `tf.while_loop` otherwise, so the
+  graph holds one copy of the model whatever the number of steps. A batch of an already-seen
+  shape does not retrace. Nothing here asks for XLA; the caller decides.
 - `model_fn` must run the network in inference mode (`training=False`): BN eval, and no label
   leaking, since the attack is given the true labels.
 - The budget and the step may be scalars or per-example [B] vectors (CAT keeps one eps per example).
@@ -18,6 +21,8 @@ Choices:
 - The projection is written as x + clip(x' - x, -eps, eps), the op order of cleverhans 4, so that
   our adversarial examples and cleverhans's agree bit for bit from the same start.
 """
+
+import numbers
 
 import tensorflow as tf
 
@@ -30,6 +35,43 @@ DEFAULT_STEP_SIZE = 2 / 255
 CW_CONFIDENCE = 50.0
 
 LOSSES = ('ce', 'cw')
+
+# Attack loops of at most this many steps (a Python int) are unrolled on CPUs. Each unrolled step
+# adds a copy of the forward and backward pass to the graph, so tracing and Grappler's rewrites
+# grow with the count; 20 covers every evaluation and training attack we run (PGD-20, CW-20,
+# K = 10 training attacks) and keeps a WRN trace to seconds.
+MAX_UNROLLED_STEPS = 20
+
+
+def _unrolls(steps):
+  """Whether `repeat` unrolls a loop of `steps` steps here."""
+  if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+    return False  # A tensor (or a bool by mistake): only a while_loop can run it.
+  # On a GPU a while_loop is one XLA cluster or a few kernels per step either way, and unrolling
+  # would multiply compile time by the step count for no measured gain, so GPUs keep the loop.
+  return 0 <= steps <= MAX_UNROLLED_STEPS and not tf.config.list_logical_devices('GPU')
+
+
+def repeat(body, state, steps):
+  """Runs `state = body(*state)` `steps` times inside the caller's graph.
+
+  Args:
+    body: a function of the state tensors returning new state tensors of the same structure.
+    state: a tuple of tensors.
+    steps: a Python int (unrolled when small, see `MAX_UNROLLED_STEPS`) or a scalar tensor.
+
+  Returns:
+    The final state, a tuple.
+  """
+  state = tuple(state)
+  if _unrolls(steps):
+    for _ in range(steps):
+      state = tuple(body(*state))
+    return state
+  steps = tf.cast(steps, tf.int32)
+  out = tf.while_loop(lambda i, *_: i < steps, lambda i, *s: (i + 1,) + tuple(body(*s)),
+                      (tf.constant(0),) + state)
+  return tuple(out[1:])
 
 
 def per_example(value, rank):
@@ -211,11 +253,9 @@ def pgd(model_fn, x, y, eps, step_size, steps, random_start=True, loss='ce', tar
   else:
     x_adv = uniform_start(x, eps, seed) if random_start else x
 
-  def body(i, x_adv):
+  def body(x_adv):
     grad = loss_gradient(model_fn, x_adv, y, loss, targeted, dtype)
-    x_adv = project(x_adv + step_size * tf.sign(grad), x, eps)
-    return i + 1, tf.stop_gradient(x_adv)
+    return (tf.stop_gradient(project(x_adv + step_size * tf.sign(grad), x, eps)),)
 
-  steps = tf.cast(steps, tf.int32)
-  _, x_adv = tf.while_loop(lambda i, _: i < steps, body, (tf.constant(0), x_adv))
+  x_adv, = repeat(body, (x_adv,), steps)
   return tf.stop_gradient(x_adv)

@@ -82,12 +82,13 @@ class Method(keras.Model):
   def call(self, images, training=False):
     return self.network(images, training=training)
 
-  def attack_logits(self, images):
+  def attack_logits(self, images, dtype=None):
     """The network's BN-eval logits as the training-time attacks see them (float32).
 
-    They are computed in `--attack_dtype` (`config.attack_dtype`; None: the network's own).
+    They are computed in `dtype` if given, else in `--attack_dtype` (`config.attack_dtype`;
+    None: the network's own).
     """
-    with models.compute_dtype(self.network, self.config.get('attack_dtype')):
+    with models.compute_dtype(self.network, dtype or self.config.get('attack_dtype')):
       logits = self.network(images, training=False)['logits']
     return tf.cast(logits, tf.float32)
 

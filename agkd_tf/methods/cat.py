@@ -139,17 +139,16 @@ class CAT(base.Method):
     config = self.config
     x = tf.convert_to_tensor(images, tf.float32)
 
-    def step(i, x_adv):
+    def step(x_adv):
       with tf.GradientTape() as tape:
         tape.watch(x_adv)
         objective = tf.reduce_sum(self.example_loss(
             self.attack_logits(x_adv), labels, targets))
       grad = tape.gradient(objective, x_adv)
-      return i + 1, tf.stop_gradient(
-          attacks.project(x_adv + config.step_size * tf.sign(grad), x, eps))
+      return (tf.stop_gradient(
+          attacks.project(x_adv + config.step_size * tf.sign(grad), x, eps)),)
 
-    steps = tf.cast(config.attack_steps, tf.int32)
-    _, x_adv = tf.while_loop(lambda i, _: i < steps, step, (tf.constant(0), x))
+    x_adv, = attacks.repeat(step, (x,), config.attack_steps)
     return tf.stop_gradient(x_adv)
 
   def compute_losses(self, images, labels, indices=None):

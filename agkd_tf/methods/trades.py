@@ -38,8 +38,13 @@ class TRADES(base.Method):
   def adversarial(self, images, labels):
     del labels  # The KL attack needs only the clean prediction.
     config = self.config
+    # The clean distribution, the KL's fixed target, is computed in float32 whatever the attack's
+    # dtype: in bfloat16 the 0.001 start rounds back onto x in the network's first cast, both
+    # passes then give the same distribution, the KL's gradient is exactly zero and the attack
+    # never leaves its start. In float32 (the default) this is the same pass as before.
+    clean_logits = self.attack_logits(images, dtype='float32')
     return kl_pgd(self.attack_logits, images, config.eps, config.step_size,
-                  config.attack_steps, self.attack_start(images))
+                  config.attack_steps, self.attack_start(images), clean_logits=clean_logits)
 
   def objective(self, logits_clean, logits_adv, labels):
     """The loss terms from the [B, K] BN-train logits of x and x'."""
