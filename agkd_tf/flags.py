@@ -61,6 +61,10 @@ def define_train_flags():
   flags.DEFINE_string('model_dir', None, 'Run directory (checkpoints, summaries, export).')
   flags.DEFINE_string('model', 'wrn-28-10', 'Network of the model zoo.')
   flags.DEFINE_string('method', 'natural', 'Training method (defence).')
+  flags.DEFINE_string('init_from', None, 'A finished run (any method) whose network weights this '
+                      'run starts from, e.g. a natural teacher to fine-tune robustly; it must '
+                      'have the same model, input shape and classes. AGKD-BML starts from its '
+                      'teacher without it. A resumed run restores its own checkpoint instead.')
   flags.DEFINE_float('label_smoothing', None, 'Official label smoothing: 1 - s on the true '
                      'class, s / (K - 1) on the others (default: the method\'s official value, '
                      '0.5 for agkd_bml, 0 otherwise).')

@@ -70,6 +70,7 @@ class TrainConfig:
   test_examples: int = 0
   model: str = 'wrn-28-10'
   method: str = 'natural'
+  init_from: Optional[str] = None
   label_smoothing: Optional[float] = None  # None: the method's official default.
   eps: float = 8 / 255
   step_size: float = 2 / 255
@@ -131,6 +132,9 @@ def _check_config(config):
                     f'{", ".join(strategy_utils.STRATEGIES)}')
   if config.teacher not in ('dir', 'train'):
     raise UserError(f'unknown teacher "{config.teacher}"; valid: dir, train')
+  if config.init_from and not os.path.isfile(os.path.join(config.init_from, 'model_spec.json')):
+    raise UserError(f'--init_from={config.init_from} is not a finished training run (it has no '
+                    'model_spec.json)')
   check_method_hparams(config)
   if config.lr_schedule not in ('piecewise', 'cosine', 'constant'):
     raise UserError(f'unknown lr schedule "{config.lr_schedule}"; valid: piecewise, cosine, '
@@ -324,26 +328,51 @@ def method_config(config, flip=True, num_train=0):
 
 def load_teacher(teacher_dir, config, splits):
   """The frozen teacher network of a finished run (call inside `strategy.scope()`)."""
-  from agkd_tf import export_lib  # pylint: disable=g-import-not-at-top
   if not teacher_dir:
     raise UserError(f'--method={config.method} needs a teacher: --teacher_dir=RUN (a natural '
                     'run, e.g. from flags/cifar10_natural.cfg) or --teacher=train')
-  teacher, spec = export_lib.load_network(teacher_dir)
+  teacher = load_matching_network(teacher_dir, config, splits, 'the teacher in')
+  teacher.trainable = False
+  return teacher
+
+
+def load_matching_network(run_dir, config, splits, role):
+  """The network of the finished run `run_dir`, checked against this run's model and data.
+
+  Args:
+    run_dir: a run directory with a checkpoint.
+    config: this run's TrainConfig.
+    splits: this run's data.
+    role: how errors name the run ('the teacher in', 'the --init_from run').
+
+  Returns:
+    The restored float32 network.
+
+  Raises:
+    UserError: not a run, no checkpoint, or another model, input shape or number of classes.
+  """
+  from agkd_tf import export_lib  # pylint: disable=g-import-not-at-top
+  network, spec = export_lib.load_network(run_dir)
+  check_matching_spec(spec, run_dir, config, splits, role)
+  return network
+
+
+def check_matching_spec(spec, run_dir, config, splits, role):
+  """Raises UserError unless the run's model_spec `spec` has this run's network and data shape."""
   want = {'model': config.model, 'input_shape': list(splits.image_shape),
           'num_classes': int(splits.num_classes)}
   for key, value in want.items():
     if spec.get(key) != value:
-      raise UserError(f'the teacher in {teacher_dir} has {key}={spec.get(key)}, but this run '
+      raise UserError(f'{role} {run_dir} has {key}={spec.get(key)}, but this run '
                       f'needs {value}')
-  teacher.trainable = False
-  return teacher
 
 
 def build_method(config, splits, strategy, teacher_dir=None):
   """Builds network, method and optimiser inside `strategy.scope()`.
 
   Methods with `needs_teacher` get the frozen network of `teacher_dir` and start from its
-  weights; methods with `needs_class_bank` get the class-indexed bank of the training set.
+  weights; with `config.init_from`, any method starts from that run's weights instead. Methods
+  with `needs_class_bank` get the class-indexed bank of the training set.
   """
   mean, std = splits.channel_stats()
   steps = pipeline.steps_per_epoch(len(splits.y_train), config.batch_size)
@@ -357,6 +386,11 @@ def build_method(config, splits, strategy, teacher_dir=None):
       # The student is initialised from the teacher (official AGKD-BML). Normalisation
       # statistics are the teacher's too, so both see the same pixels.
       network.set_weights(teacher.get_weights())
+    if config.init_from:
+      # BN statistics and the normalisation layer's mean and std come along: the start is the
+      # finished network exactly, as it was evaluated.
+      network.set_weights(
+          load_matching_network(config.init_from, config, splits, 'the --init_from run').get_weights())
     if cls.needs_class_bank(config):
       bank = data_lib.ClassBank(splits.x_train, splits.y_train, splits.num_classes)
     method = methods.build(config.method, network, splits.num_classes,
@@ -566,6 +600,9 @@ def train(config: TrainConfig, strategy=None, splits=None):
   if len(splits.y_train) < config.batch_size:
     raise UserError(f'the training set has {len(splits.y_train)} images, fewer than one batch '
                     f'of --batch_size={config.batch_size}')
+  if config.init_from:  # Before anything is written: a mismatch leaves no empty run behind.
+    check_matching_spec(io_utils.read_json(os.path.join(config.init_from, 'model_spec.json')),
+                        config.init_from, config, splits, 'the --init_from run')
   io_utils.make_writable_dir(model_dir)
   chief = strategy_utils.is_chief(strategy)
   teacher_dir = config.teacher_dir
@@ -577,7 +614,7 @@ def train(config: TrainConfig, strategy=None, splits=None):
     # (100 and 150 of 200), whatever the student's schedule is.
     epochs = config.teacher_epochs or config.epochs
     train(dataclasses.replace(
-        config, model_dir=teacher_dir, method='natural', teacher_dir=None,
+        config, model_dir=teacher_dir, method='natural', teacher_dir=None, init_from=None,
         label_smoothing=config.teacher_label_smoothing, epochs=epochs,
         lr_decay_epochs=(epochs // 2, epochs * 3 // 4), max_steps=0, eval_attack_steps=0,
         export=False), strategy=strategy, splits=splits)

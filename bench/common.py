@@ -32,9 +32,25 @@ def machine():
   except OSError:
     pass
   gpus = [d.name for d in tf.config.list_logical_devices('GPU')]
-  return {'cpu': cpu, 'cores': os.cpu_count(), 'gpus': gpus, 'python': platform.python_version(),
-          'tensorflow': tf.__version__, 'keras': keras.__version__,
-          'platform': platform.platform()}
+  return {'cpu': cpu, 'cpu_features': cpu_features(), 'cores': os.cpu_count(), 'gpus': gpus,
+          'python': platform.python_version(), 'tensorflow': tf.__version__,
+          'keras': keras.__version__, 'platform': platform.platform()}
+
+
+# The CPU features that change our speed ratios: the vector width, and native bfloat16 (without
+# it TensorFlow emulates bfloat16 and every bfloat16 pass is several times slower).
+_FEATURES = ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16')
+
+
+def cpu_features():
+  """Which of _FEATURES this CPU reports in /proc/cpuinfo (empty where it cannot be read)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      line = next((l for l in f if l.startswith('flags')), '')
+  except OSError:
+    return []
+  have = set(line.partition(':')[2].split())
+  return [f for f in _FEATURES if f in have]
 
 
 def command():
@@ -52,7 +68,8 @@ def write(name, rows, columns, notes='', extra=None):
     f.write('\n')
   m = info['machine']
   lines = [f'# {name}', '', f'Command: `{info["command"]}`', '',
-           f'Machine: {m["cpu"]}, {m["cores"]} cores, GPUs: {", ".join(m["gpus"]) or "none"}; '
+           f'Machine: {m["cpu"]} ({", ".join(m["cpu_features"]) or "no AVX2"}), {m["cores"]} '
+           f'cores, GPUs: {", ".join(m["gpus"]) or "none"}; '
            f'TensorFlow {m["tensorflow"]}, Keras {m["keras"]}, Python {m["python"]}. '
            f'Date: {info["date"]}.', '']
   if notes:

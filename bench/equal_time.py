@@ -44,9 +44,9 @@ FLAGS = flags.FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Settings of a run, not of its training step.
-_NOT_STEP = {'model_dir', 'dataset', 'data_dir', 'teacher_dir', 'train_examples', 'test_examples',
-             'epochs', 'verbose', 'eval_every', 'eval_examples', 'eval_attack_steps',
-             'checkpoint_every_steps', 'lr_decay_epochs'}
+_NOT_STEP = {'model_dir', 'dataset', 'data_dir', 'teacher_dir', 'init_from', 'train_examples',
+             'test_examples', 'epochs', 'verbose', 'eval_every', 'eval_examples',
+             'eval_attack_steps', 'checkpoint_every_steps', 'lr_decay_epochs'}
 
 
 def row_config(row):

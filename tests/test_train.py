@@ -1,5 +1,6 @@
 """Tests of the training loop: learning, tf.distribute equality, resume and export."""
 
+import dataclasses
 import json
 import os
 
@@ -134,6 +135,55 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
   os.remove(os.path.join(str(tmp_path / 'run'), 'flags.json'))
   with pytest.raises(UserError, match='does not match'):
     train_lib.train(_config(tmp_path, model='wrn-16-4', export=False), strategy=strategy)
+
+
+def test_init_from_starts_any_method_from_a_finished_run(tmp_path):
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  natural = _config(tmp_path, model_dir=str(tmp_path / 'natural'), max_steps=3, export=False,
+                    eval_attack_steps=0)
+  train_lib.train(natural, strategy=strategy)
+  finished, _ = export_lib.load_network(natural.model_dir)
+  splits = data.load('synthetic:8', None, 256, 64, 1)
+  for method in ('at', 'trades'):
+    config = _config(tmp_path, method=method, attack_steps=1, init_from=natural.model_dir)
+    network, _, _ = train_lib.build_method(config, splits, strategy)
+    for a, b in zip(network.weights, finished.weights):  # BN statistics and mean/std included.
+      np.testing.assert_array_equal(a.numpy(), b.numpy())
+  # Without --init_from the start is a fresh initialisation.
+  network, _, _ = train_lib.build_method(_config(tmp_path, method='at'), splits, strategy)
+  assert not np.array_equal(network.trainable_weights[0].numpy(),
+                            finished.trainable_weights[0].numpy())
+  # A resumed run restores its own checkpoint, not the --init_from weights: the interrupted and
+  # resumed run ends where an uninterrupted one does.
+  stopped = _config(tmp_path, method='at', attack_steps=1, init_from=natural.model_dir,
+                    max_steps=5, export=False, eval_attack_steps=0)
+  train_lib.train(stopped, strategy=strategy)
+  resumed = dataclasses.replace(stopped, max_steps=9)
+  train_lib.train(resumed, strategy=strategy)
+  straight = dataclasses.replace(resumed, model_dir=str(tmp_path / 'straight'))
+  train_lib.train(straight, strategy=strategy)
+  a, _ = export_lib.load_network(resumed.model_dir)
+  b, _ = export_lib.load_network(straight.model_dir)
+  for va, vb in zip(a.weights, b.weights):
+    np.testing.assert_allclose(va.numpy(), vb.numpy(), atol=1e-5)
+
+
+def test_init_from_must_be_a_run_of_the_same_network(tmp_path):
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  with pytest.raises(UserError, match='is not a finished training run'):
+    train_lib.train(_config(tmp_path, init_from=str(tmp_path)), strategy=strategy)
+  assert not os.path.exists(tmp_path / 'run')  # Refused before anything is written.
+  natural = _config(tmp_path, model_dir=str(tmp_path / 'natural'), max_steps=1, export=False,
+                    eval_attack_steps=0)
+  train_lib.train(natural, strategy=strategy)
+  splits = data.load('synthetic:8', None, 256, 64, 1)
+  with pytest.raises(UserError, match='the --init_from run .* has model=cnn-cpu, but this run '
+                     'needs wrn-16-4'):
+    train_lib.build_method(_config(tmp_path, model='wrn-16-4', init_from=natural.model_dir),
+                           splits, strategy)
+  other = data.load('synthetic:16', None, 256, 64, 1)
+  with pytest.raises(UserError, match=r'input_shape=\[8, 8, 3\], but this run needs \[16, 16, 3\]'):
+    train_lib.build_method(_config(tmp_path, init_from=natural.model_dir), other, strategy)
 
 
 def test_export_round_trip(tmp_path):

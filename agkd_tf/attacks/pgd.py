@@ -8,9 +8,9 @@ given labels; AGKD-BML aims it at the most confusing class, argmax_{j != y} z_j.
 
 Choices:
 - A pure function of (model_fn, x, y, config). The whole loop runs in the caller's graph (`repeat`):
-  unrolled when the step count is a small Python int on a CPU, where TensorFlow's executor runs
-  an unrolled loop faster than a `tf.while_loop` (measured in `bench/attack_throughput.py`; it is
-  why cleverhans's traced Python loop was ahead of ours), and one `tf.while_loop` otherwise, so the
+  unrolled when the step count is a small Python int on a CPU, as cleverhans's traced Python loop
+  is (on an AVX-512 EPYC an unrolled copy ran 5-12% faster than a `tf.while_loop`; on an AVX2 one
+  the two tie: `bench/attack_throughput.py` times both), and one `tf.while_loop` otherwise, so the
   graph holds one copy of the model whatever the number of steps. A batch of an already-seen
   shape does not retrace. Nothing here asks for XLA; the caller decides.
 - `model_fn` must run the network in inference mode (`training=False`): BN eval, and no label

@@ -6,6 +6,9 @@ As the recipe (`../shared/docs/algorithms.md`, "Baselines") and the official cod
 - Attack (BN eval): from x + 0.001 * N(0, I), not clipped, K = 10 steps of 0.007 ascending
   sum_i KL(p(x_i) || p(x'_i)), P_eps (eps 0.031, then [0, 1]) after each step
   (`attacks/kl_pgd.py`). The Gaussian start uses a stateless seed from the method's generator.
+  The clean distribution the KL is taken from is computed in float32 even when the attack runs
+  in bfloat16 (`--attack_dtype`, `--mixed_precision`), or the 0.001 start could round back onto x
+  and leave the attack at a zero gradient.
 - Loss: mean CE(z(x), y) + beta * (1/B) sum_i KL(p(x_i) || p(x'_i)) ("batchmean"), beta = 6
   (`--trades_beta`), KL from log_softmax on both sides. The clean target is not detached.
 - BN: two BN-train passes, one on x and one on x', as the official code calls the model on each
