@@ -206,7 +206,8 @@ def write_readme():
   """The README's PGD rows of the Speed table, from results/attack_throughput.json."""
   with open(os.path.join(common.RESULTS, 'attack_throughput.json')) as f:
     result = json.load(f)
-  cpu = result['machine']['cpu']
+  features = result['machine'].get('cpu_features', [])
+  cpu = f'{result["machine"]["cpu"]} ({", ".join(features) or "features not recorded"})'
   lines = ['| benchmark | figure | command |', '|---|---|---|']
   for r in result['rows']:
     n = result['rounds'][r['model']]
@@ -222,22 +223,16 @@ def write_readme():
               f'{strength["native_bf16"]:.2f}% in bfloat16 on {strength["n"]} test images')
       lines.append(
           f'| PGD-20 with bfloat16 passes / float32, {r["model"]}, batch {r["bf16_batch"]} '
-          f'| {r["bf16_vs_fp32"]:.2f}x on {cpu} ({_bf16_note()}){same} | the same command |')
+          f'| {r["bf16_vs_fp32"]:.2f}x on {cpu} ({_bf16_note(features)}){same} | the same command |')
   common.readme_block('attack_throughput', lines)
 
 
-def _bf16_note():
-  """Whether this CPU has native bfloat16 arithmetic, from its feature flags."""
-  try:
-    with open('/proc/cpuinfo') as f:
-      flags_line = next((line for line in f if line.startswith('flags')), '')
-  except OSError:
-    return 'CPU features unknown'
-  have = [f for f in ('avx512_bf16', 'amx_bf16') if f in flags_line.split()]
+def _bf16_note(features):
+  """Whether the measured CPU had native bfloat16 arithmetic, from its recorded features."""
+  have = [f for f in features if 'bf16' in f]
   if have:
     return f'native bfloat16: {", ".join(have)}'
   return 'no native bfloat16: no AVX-512-BF16 or AMX'
-
 
 
 if __name__ == '__main__':

@@ -107,6 +107,13 @@ def test_training_loop_runs_under_two_mirrored_replicas(tmp_path):
   assert 0.0 <= result['clean_accuracy'] <= 1.0
 
 
+def _assert_same_weights(run_a, run_b):
+  a, _ = export_lib.load_network(run_a)
+  b, _ = export_lib.load_network(run_b)
+  for va, vb in zip(a.weights, b.weights):
+    np.testing.assert_allclose(va.numpy(), vb.numpy(), atol=1e-5)
+
+
 def test_resume_continues_at_the_saved_step(tmp_path):
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
   stopped = _config(tmp_path, max_steps=11, export=False)
@@ -119,10 +126,7 @@ def test_resume_continues_at_the_saved_step(tmp_path):
   # The same run without the interruption ends with the same weights.
   straight = _config(tmp_path, model_dir=str(tmp_path / 'straight'), export=False)
   train_lib.train(straight, strategy=strategy)
-  a, _ = export_lib.load_network(full.model_dir)
-  b, _ = export_lib.load_network(straight.model_dir)
-  for va, vb in zip(a.weights, b.weights):
-    np.testing.assert_allclose(va.numpy(), vb.numpy(), atol=1e-5)
+  _assert_same_weights(full.model_dir, straight.model_dir)
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
@@ -162,10 +166,7 @@ def test_init_from_starts_any_method_from_a_finished_run(tmp_path):
   train_lib.train(resumed, strategy=strategy)
   straight = dataclasses.replace(resumed, model_dir=str(tmp_path / 'straight'))
   train_lib.train(straight, strategy=strategy)
-  a, _ = export_lib.load_network(resumed.model_dir)
-  b, _ = export_lib.load_network(straight.model_dir)
-  for va, vb in zip(a.weights, b.weights):
-    np.testing.assert_allclose(va.numpy(), vb.numpy(), atol=1e-5)
+  _assert_same_weights(resumed.model_dir, straight.model_dir)
 
 
 def test_init_from_must_be_a_run_of_the_same_network(tmp_path):
