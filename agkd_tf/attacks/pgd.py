@@ -39,7 +39,8 @@ LOSSES = ('ce', 'cw')
 # Attack loops of at most this many steps (a Python int) are unrolled on CPUs. Each unrolled step
 # adds a copy of the forward and backward pass to the graph, so tracing and Grappler's rewrites
 # grow with the count; 20 covers every evaluation and training attack we run (PGD-20, CW-20,
-# K = 10 training attacks) and keeps a WRN trace to seconds.
+# K = 10 training attacks), and a cnn-cpu step with two K = 10 attacks traced in 15.3 s unrolled
+# against 14.0 s as while_loops.
 MAX_UNROLLED_STEPS = 20
 
 
