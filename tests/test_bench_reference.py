@@ -1,0 +1,155 @@
+"""Scripts that measure us against official PyTorch code: official_throughput.py, aa_parity.py.
+
+They need torch (never a package dependency), so CI checks what runs without it: the patch list
+applies to the official sources exactly as written and refuses sources it does not match, and the
+script exits with one clear line when torch is absent. With torch and a checkout of the official
+code (AGKD_OFFICIAL_DIR), a tiny end-to-end run is checked too; without them it skips with the
+reason.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+sys.path.insert(0, REPO)
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from bench import aa_parity
+from bench import official_throughput
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+_SCRIPT = os.path.join(REPO, 'bench', 'official_throughput.py')
+
+
+def _fake_official(root):
+  """A tree shaped like hongw579/AGKD-BML whose files hold each patch's text as often as needed."""
+  texts = {}
+  for p in official_throughput.PATCHES:
+    texts.setdefault(p.path, []).extend([p.old] * p.count)
+  root.mkdir()
+  (root / 'custom_models').mkdir()
+  (root / 'custom_models' / '__init__.py').write_text('')
+  (root / 'argument.py').write_text('')
+  for name, parts in texts.items():
+    (root / name).write_text('\n# --\n'.join(parts) + '\n')
+  return root
+
+
+def test_patches_apply_once_each_and_change_only_their_text(tmp_path):
+  src = _fake_official(tmp_path / 'official')
+  dst = tmp_path / 'patched'
+  dst.mkdir()
+  official_throughput.apply_patches(str(src), str(dst))
+  for name in ('main.py', 'utils.py'):
+    text = (dst / name).read_text()
+    for p in official_throughput.PATCHES:
+      if p.path == name:
+        assert p.old not in text or p.old in p.new, p.why
+        assert text.count(p.new) >= p.count, p.why
+  assert (dst / 'argument.py').exists() and (dst / 'custom_models' / '__init__.py').exists()
+
+
+def test_a_patch_that_no_longer_matches_is_refused(tmp_path):
+  src = _fake_official(tmp_path / 'official')
+  (src / 'utils.py').write_text((src / 'utils.py').read_text().replace('np.int)', 'np.int64)'))
+  dst = tmp_path / 'patched'
+  dst.mkdir()
+  with pytest.raises(SystemExit, match='numpy 2 removed the np.int alias.*found 0'):
+    official_throughput.apply_patches(str(src), str(dst))
+
+
+def test_a_folder_that_is_not_the_official_code_is_refused(tmp_path):
+  dst = tmp_path / 'patched'
+  dst.mkdir()
+  with pytest.raises(SystemExit, match='not a checkout of hongw579/AGKD-BML'):
+    official_throughput.apply_patches(str(tmp_path), str(dst))
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is not None,
+                    reason='torch is installed here; the no-torch message cannot be shown')
+def test_without_torch_the_script_says_so_in_one_line(tmp_path):
+  proc = subprocess.run([sys.executable, _SCRIPT, f'--official_dir={tmp_path}'], cwd=REPO,
+                        capture_output=True, text=True, timeout=120,
+                        env={**os.environ, 'AGKD_BENCH_RESULTS': str(tmp_path / 'results')})
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      'error: bench/official_throughput.py needs torch and torchvision')
+  assert 'Traceback' not in proc.stderr
+  assert not (tmp_path / 'results').exists()
+
+
+_OFFICIAL = os.environ.get('AGKD_OFFICIAL_DIR', '')
+_DATA = os.path.join(REPO, '..', 'shared', 'data', 'cifar10-jpeg')
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is None or not os.path.isdir(_OFFICIAL)
+                    or not os.path.isdir(_DATA),
+                    reason='needs torch, AGKD_OFFICIAL_DIR (a checkout of hongw579/AGKD-BML) and '
+                    'the shared CIFAR-10 folder')
+def test_tiny_run_against_the_official_code(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, _SCRIPT, f'--official_dir={_OFFICIAL}', '--ks=2', '--steps=1',
+       '--rounds=1', '--batch_size=4', '--train_examples=40', f'--dataset={_DATA}'],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env={**os.environ, 'AGKD_BENCH_RESULTS': str(tmp_path)})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((tmp_path / 'official_throughput.json').read_text())
+  (row,) = result['rows']
+  assert row['k'] == 2 and row['ours_img_per_s'] > 0 and row['official_img_per_s'] > 0
+  assert len(result['patches']) == len(official_throughput.PATCHES)
+
+
+def test_the_official_autoattack_log_is_read_per_attack():
+  lines = ['using standard version including apgd-ce, apgd-t, fab-t, square.',
+           'initial accuracy: 50.00%',
+           'apgd-ce - 1/1 - 20 out of 100 successfully perturbed',
+           'robust accuracy after APGD-CE: 30.00% (total time 12.5 s)',
+           'robust accuracy after APGD-T: 27.50% (total time 40.0 s)',
+           'robust accuracy: 27.50%']
+  assert aa_parity.parse_official_log(lines) == {'apgd-ce': (0.3, 12.5), 'apgd-t': (0.275, 40.0)}
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is not None,
+                    reason='torch is installed here; the no-torch message cannot be shown')
+def test_aa_parity_without_torch_says_so_in_one_line(tmp_path):
+  proc = subprocess.run([sys.executable, os.path.join(REPO, 'bench', 'aa_parity.py'),
+                         '--models=m=unused'], cwd=REPO, capture_output=True, text=True,
+                        timeout=120,
+                        env={**os.environ, 'AGKD_BENCH_RESULTS': str(tmp_path / 'results')})
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      'error: bench/aa_parity.py needs torch (CPU wheel) and pyautoattack')
+  assert 'Traceback' not in proc.stderr
+  assert not (tmp_path / 'results').exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is None, reason='needs torch (CPU wheel)')
+def test_the_gradient_bridge_gives_tensorflows_logits_and_gradient():
+  import numpy as np
+  import tensorflow as tf
+  import torch
+  w = tf.constant(np.random.default_rng(0).normal(size=(4 * 4 * 3, 5)).astype(np.float32))
+
+  def logits_fn(x):
+    return tf.matmul(tf.reshape(tf.square(x), [-1, 4 * 4 * 3]), w)
+
+  x = np.random.default_rng(1).uniform(size=(2, 4, 4, 3)).astype(np.float32)
+  y = np.array([1, 3])
+  bridge = aa_parity.make_bridge(logits_fn)
+  xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).requires_grad_()
+  out = bridge(xt)
+  loss = torch.nn.functional.cross_entropy(out, torch.from_numpy(y), reduction='sum')
+  (grad,) = torch.autograd.grad(loss, [xt])
+  xs = tf.constant(x)
+  with tf.GradientTape() as tape:
+    tape.watch(xs)
+    tf_logits = logits_fn(xs)
+    tf_loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, tf_logits))
+  np.testing.assert_allclose(out.detach().numpy(), tf_logits.numpy(), rtol=1e-6)
+  np.testing.assert_allclose(grad.numpy().transpose(0, 2, 3, 1), tape.gradient(tf_loss, xs),
+                             rtol=1e-5, atol=1e-6)
