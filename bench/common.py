@@ -32,7 +32,11 @@ def machine():
   except OSError:
     pass
   gpus = [d.name for d in tf.config.list_logical_devices('GPU')]
+  # The 15-minute load average when the results are written: about the core count when the
+  # benchmark had the machine to itself, more when other work shared it (ratios then are noisier).
+  load = round(os.getloadavg()[2], 2) if hasattr(os, 'getloadavg') else None
   return {'cpu': cpu, 'cpu_features': cpu_features(), 'cores': os.cpu_count(), 'gpus': gpus,
+          'load_avg_15m': load,
           'python': platform.python_version(), 'tensorflow': tf.__version__,
           'keras': keras.__version__, 'platform': platform.platform()}
 
@@ -67,9 +71,11 @@ def write(name, rows, columns, notes='', extra=None):
     json.dump(info, f, indent=2)
     f.write('\n')
   m = info['machine']
+  load = (f', 15-min load average {m["load_avg_15m"]}' if m.get('load_avg_15m') is not None
+          else '')
   lines = [f'# {name}', '', f'Command: `{info["command"]}`', '',
            f'Machine: {m["cpu"]} ({", ".join(m["cpu_features"]) or "no AVX2"}), {m["cores"]} '
-           f'cores, GPUs: {", ".join(m["gpus"]) or "none"}; '
+           f'cores, GPUs: {", ".join(m["gpus"]) or "none"}{load}; '
            f'TensorFlow {m["tensorflow"]}, Keras {m["keras"]}, Python {m["python"]}. '
            f'Date: {info["date"]}.', '']
   if notes:
