@@ -287,3 +287,35 @@ def test_attacks_leave_a_start_below_bfloat16_spacing(name):
   assert moved.mean() > 0.9, moved.mean()
   # Every example moves, not only some: a zero KL gradient is per example.
   assert moved.reshape(6, -1).mean(axis=1).min() > 0.5
+
+
+@pytest.mark.parametrize('name,expected', [('trades', ['x', 'x_adv', 'x']),
+                                           ('mart', ['x', 'x_adv'])])
+def test_bn_train_passes_follow_the_official_losses(splits, name, expected):
+  """TRADES's official loss calls the model in train mode on x, x' and x again; MART's on x, x'.
+
+  The passes decide what BN's running statistics average (clean data 2/3 of TRADES's updates),
+  so they are counted, in order, on the inputs the network sees in train mode.
+  """
+  method, _ = _method(splits, name)
+  x, y = _batch(splits)
+  network = method.network
+  seen = []
+
+  def spy(inputs, training=False):
+    if training:
+      seen.append(inputs)
+    return network(inputs, training=training)
+
+  x_adv = tf.stop_gradient(_adversarial_images(method, x, y))
+  # Only the training passes are counted: the attack (in inference mode) is fixed beforehand.
+  object.__setattr__(method, 'adversarial', lambda images, labels: x_adv)
+  object.__setattr__(method, 'network', spy)
+  try:
+    method.compute_losses(x, y)
+  finally:
+    object.__setattr__(method, 'network', network)
+    object.__delattr__(method, 'adversarial')
+  names = ['x' if np.array_equal(v.numpy(), x.numpy()) else
+           'x_adv' if np.array_equal(v.numpy(), x_adv.numpy()) else 'other' for v in seen]
+  assert names == expected

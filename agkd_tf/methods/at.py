@@ -1,9 +1,13 @@
 """AT: Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018.
 
-The attack is PGD-K (K = 10 in the official CIFAR runs) with step 2/255 from a uniform random
-start, ascending CE on the network in BN eval mode (`training=False`), given the true labels. The
-loss is CE on the adversarial examples only, with BN in train mode on x' alone, as the official
-code does. The adversarial batch is a constant for the weight update (`stop_gradient`).
+The attack is PGD-K (K = 10 in the official CIFAR runs: MadryLab/cifar10_challenge's
+config.json has 10 steps, the paper 7) with step 2/255 from a uniform random start, ascending CE
+given the true labels, on the network in BN eval mode (`training=False`). That is the convention
+of the PyTorch re-implementations the AGKD-BML, TRADES and MART papers compare with; Madry's own
+TensorFlow release attacks with BN in train mode, which normalises each attack step by the batch's
+statistics and updates BN's running statistics at every step. The loss is CE on the adversarial
+examples only, with BN in train mode on x' alone. The adversarial batch is a constant for the
+weight update (`stop_gradient`).
 """
 
 import tensorflow as tf

@@ -8,8 +8,9 @@ As the recipe (`../shared/docs/algorithms.md`, "Baselines") and the official cod
   official code clamps x' to [0, 1] before the update (only a zero-step attack needs it).
 - Loss: CE(z(x'), y) + BCE + beta * weighted KL, beta = 6 (`--mart_beta`); the last two are
   `losses.mart_terms`, shared with AGKD-BML. The clean branch is not detached.
-- The step is TRADES's (Gaussian start, two separate BN-train passes on x and x'), so the class
-  subclasses `TRADES` and replaces only the attack and the loss.
+- The step is TRADES's (Gaussian start, separate BN-train passes on x and x'), so the class
+  subclasses `TRADES` and replaces the attack and the loss; it makes one BN-train pass on x where
+  TRADES makes two, as the official `mart_loss` and `trades_loss` do.
 - `--label_smoothing` applies to the CE if given (0 by default, the official plain CE). `--mart`
   is AGKD-BML's switch and is not read here.
 """
@@ -25,6 +26,7 @@ class MART(trades.TRADES):
   """MART training: adversarial CE, boosted BCE and misclassification-weighted KL."""
 
   loss_terms = ('loss', 'ce', 'mart_bce', 'mart_kl')
+  clean_bn_passes = 1  # The official mart_loss calls the model once on x, once on x'.
 
   def adversarial(self, images, labels):
     config = self.config

@@ -11,12 +11,17 @@ As the recipe (`../shared/docs/algorithms.md`, "Baselines") and the official cod
   and leave the attack at a zero gradient.
 - Loss: mean CE(z(x), y) + beta * (1/B) sum_i KL(p(x_i) || p(x'_i)) ("batchmean"), beta = 6
   (`--trades_beta`), KL from log_softmax on both sides. The clean target is not detached.
-- BN: two BN-train passes, one on x and one on x', as the official code calls the model on each
-  batch separately (BN statistics are per branch, not over [x; x']).
+- BN: the official `trades_loss` calls the model in train mode three times, on x (for the CE),
+  then on x' and x again (inside the KL), each batch separately (BN statistics per branch, not
+  over [x; x']). We do the same three passes in the same order: the third pass's logits equal the
+  first's (same batch, same weights), so the loss and its gradient use the first, and the third
+  is there for what it does to BN's running statistics, which then weight clean data about 2/3
+  as officially, not 1/2. It costs one forward pass of x per step.
 - `--label_smoothing` applies to the CE if given (0 by default, the official plain CE).
 
-MART shares this step (Gaussian start, attack, two BN-train passes) and subclasses it, changing
-only the attack's objective and the loss.
+MART shares this step (Gaussian start, attack, BN-train passes on x and x') and subclasses it,
+changing the attack's objective, the loss and the passes: its official `mart_loss` calls the
+model in train mode once on x and once on x' (`clean_bn_passes = 1`).
 """
 
 import tensorflow as tf
@@ -32,6 +37,8 @@ class TRADES(base.Method):
 
   loss_terms = ('loss', 'ce', 'kl')
   accuracies = ('clean_accuracy', 'adv_accuracy')
+  # BN-train passes on x per step, as the official loss makes them (x, x', then x again).
+  clean_bn_passes = 2
 
   def attack_start(self, images):
     """The official x + 0.001 * N(0, I) start, seeded from the method's generator."""
@@ -62,5 +69,8 @@ class TRADES(base.Method):
     x_adv = tf.stop_gradient(self.adversarial(images, labels))
     logits_clean = self.network(images, training=True)['logits']
     logits_adv = self.network(x_adv, training=True)['logits']
+    for _ in range(self.clean_bn_passes - 1):
+      # The official KL's own pass on x: equal logits, one more update of BN's running statistics.
+      self.network(images, training=True)
     terms = self.objective(logits_clean, logits_adv, labels)
     return terms, {'clean_accuracy': logits_clean, 'adv_accuracy': logits_adv}
