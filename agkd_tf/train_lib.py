@@ -574,6 +574,19 @@ def _describe_bad_terms(logs, loss_terms):
   return ', '.join(bad) if bad else loss_terms[0]
 
 
+# Preemption tests kill a worker between two checkpoints; on a fast machine a tiny run can finish
+# before the test sees its first checkpoint. With this variable set to N, every worker stops right
+# after writing checkpoint N, says so on stdout and waits there to be killed, so the test kills a
+# run that is certainly mid-way instead of skipping. Unset (always, outside tests), it does nothing.
+PAUSE_ENV = 'AGKD_TF_PAUSE_AFTER_CHECKPOINT'
+
+
+def pause_after_checkpoint(number, seconds=600):
+  if os.environ.get(PAUSE_ENV) == str(number):
+    print(f'paused after checkpoint {number} ({PAUSE_ENV})', flush=True)
+    time.sleep(seconds)
+
+
 def train(config: TrainConfig, strategy=None, splits=None):
   """Trains (or resumes) a run and returns its result dict.
 
@@ -657,6 +670,7 @@ def train(config: TrainConfig, strategy=None, splits=None):
     manager.save(checkpoint_number=number)
     if not chief:
       shutil.rmtree(os.path.dirname(write_dir), ignore_errors=True)
+    pause_after_checkpoint(number)
 
   restored = _restore(checkpoint, checkpoint_dir, model_dir)
   start_step = int(optimizer.iterations.numpy())

@@ -36,6 +36,7 @@ import pytest
 import tensorflow as tf
 
 from agkd_tf import launch
+from agkd_tf import train_lib
 from tests import conftest
 
 # 64 images / global batch 16 = 4 steps per epoch, 2 epochs, a checkpoint after every step.
@@ -45,6 +46,7 @@ _RUN = ['--dataset=synthetic:8', '--train_examples=64', '--test_examples=20', '-
         '--eval_examples=10', '--log_every_steps=2', '--verbose=2', '--deterministic',
         '--noaugment']
 _STEPS = 8
+_PAUSE_AT = 3  # The checkpoint after which the killed run's workers wait.
 _TOLERANCE = 1e-5
 _TIMEOUT = 300  # Per command; the launcher's own --timeout is a little shorter.
 
@@ -86,9 +88,9 @@ def _env():
   return env
 
 
-def _launch(model_dir, workers=2):
+def _launch(model_dir, workers=2, env=None):
   return _Process(['agkd_tf.launch', f'--workers={workers}', f'--timeout={_TIMEOUT - 20}', '--',
-                   f'--model_dir={model_dir}', *_RUN])
+                   f'--model_dir={model_dir}', *_RUN], env=env)
 
 
 def _values(model_dir):
@@ -146,17 +148,20 @@ def test_two_workers_equal_one_worker_and_only_the_chief_writes(tmp_path, one_wo
 
 def test_a_killed_worker_brings_the_run_down_and_a_rerun_rejoins(tmp_path, one_worker):
   model_dir = str(tmp_path / 'run')
-  two = _launch(model_dir)
+  # Both workers stop after checkpoint 3 of 8 and wait there, so the kill always lands mid-run,
+  # however fast the machine.
+  two = _launch(model_dir, env={**_env(), train_lib.PAUSE_ENV: str(_PAUSE_AT)})
   deadline = time.time() + _TIMEOUT
   pid = None
-  while pid is None or not tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints')):
+  # The chief's line: its checkpoint files are complete (a worker's own line may come first).
+  paused = re.compile(rf'^\[worker 0\] paused after checkpoint {_PAUSE_AT}\b', re.M)
+  while pid is None or not paused.search(two.output):
     assert two.proc.poll() is None and time.time() < deadline, two.output[-3000:]
     match = re.search(r'launch: worker 1 is pid (\d+)', two.output)
     pid = pid or (int(match.group(1)) if match else None)
     time.sleep(0.05)
   latest = tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
-  if int(latest.rsplit('-', 1)[1]) >= _STEPS - 1:
-    pytest.skip('the run was too quick to kill mid-way on this machine')
+  assert int(latest.rsplit('-', 1)[1]) == _PAUSE_AT, latest
   os.kill(pid, signal.SIGKILL)
   code = two.wait()
   assert code != 0
