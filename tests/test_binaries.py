@@ -79,6 +79,29 @@ def test_train_then_export_then_bad_export(tmp_path):
   _assert_one_line_error(proc, 'not a training run directory')
 
 
+def test_the_recipe_study_rows_share_one_footing():
+  """Rows of flags/bench_cpu/recipe/ differ only in the method, its attack and the start."""
+  root = os.path.join(conftest.REPO, 'flags', 'bench_cpu', 'recipe')
+  footing = ('dataset', 'model', 'train_examples', 'epochs', 'batch_size', 'lr', 'momentum',
+             'nesterov', 'weight_decay', 'weight_decay_variables', 'lr_schedule',
+             'lr_decay_epochs', 'lr_decay_factor', 'eval_examples', 'eval_attack_steps')
+  rows = {}
+  for name in sorted(os.listdir(root)):
+    if name == 'teacher_ls05.cfg':
+      continue
+    with open(os.path.join(root, name)) as f:
+      values = dict(l.strip()[2:].split('=', 1) for l in f if l.startswith('--'))
+    rows[name] = values
+  assert {'agkd_bml_k10.cfg', 'agkd_bml_k5.cfg', 'agkd_bml_k2.cfg', 'at10.cfg',
+          'at10_init_teacher.cfg', 'trades10.cfg', 'agkd_bml_k10_teacher_ls0.cfg'} <= set(rows)
+  reference = rows['agkd_bml_k10.cfg']
+  for name, values in rows.items():
+    assert {k: values.get(k) for k in footing} == {k: reference[k] for k in footing}, name
+  assert reference['epochs'] == '12' and reference['lr_decay_epochs'] == '6,9'
+  assert rows['agkd_bml_k10.cfg']['attack_steps'] == '10'
+  assert rows['at10_init_teacher.cfg']['init_from'] == rows['agkd_bml_k10.cfg']['teacher_dir']
+
+
 def test_every_flagfile_parses_and_names_what_it_reproduces():
   """All flagfiles resolve to a valid TrainConfig, and each says in a comment what it reproduces."""
   root = os.path.join(conftest.REPO, 'flags')
@@ -90,12 +113,17 @@ def test_every_flagfile_parses_and_names_what_it_reproduces():
       comments = ' '.join(l for l in f if l.startswith('#'))
     assert 'Reproduces' in comments or 'Ours, not a paper row' in comments, name
   script = (
-      'import sys\n'
+      'import dataclasses, sys\n'
       'from agkd_tf import train, train_lib\n'
       'for path in sys.argv[1:]:\n'
       '  train.FLAGS.unparse_flags()\n'
       '  train.FLAGS(["train", "--flagfile=" + path, "--model_dir=/tmp/unused"])\n'
       '  config = train.config_from_flags()\n'
+      # A study row starts from another row's finished run (--init_from=runs/...), which only
+      # exists once that row has trained; everything else is checked.
+      '  if config.init_from:\n'
+      '    assert config.init_from.startswith("runs/"), config.init_from\n'
+      '    config = dataclasses.replace(config, init_from=None)\n'
       '  train_lib._check_config(config)\n'
       '  print(path, config.method, config.model, config.epochs)\n')
   proc = subprocess.run([sys.executable, '-c', script] + [f'flags/{n}' for n in names],
