@@ -1,5 +1,7 @@
-"""Tests of the ALP, TRADES, MART and Bilateral baselines: their losses against NumPy, their
-attacks, and one training step of each on tiny synthetic data."""
+"""The paired-branch baselines, ALP, TRADES, MART and Bilateral: their losses against NumPy, their
+attacks (balls, objectives, bfloat16 starts), their BN-train passes, and one training step of each
+on tiny synthetic data. SML/TLA and Feature Scattering are in test_methods_sml_fs.py, CAT in
+test_methods_cat.py, AGKD-BML in test_agkd_bml.py."""
 
 import numpy as np
 import pytest
