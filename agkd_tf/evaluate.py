@@ -11,6 +11,7 @@ import dataclasses
 from absl import flags
 
 import agkd_tf  # pylint: disable=unused-import  (selects the Keras backend first)
+from agkd_tf import quiet_tensorflow  # pylint: disable=unused-import  (before TensorFlow)
 from agkd_tf import errors
 from agkd_tf import evaluate_lib
 from agkd_tf import flags as agkd_flags

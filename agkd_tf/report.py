@@ -12,6 +12,7 @@ import os
 from absl import flags
 
 import agkd_tf  # pylint: disable=unused-import
+from agkd_tf import quiet_tensorflow  # pylint: disable=unused-import  (before TensorFlow)
 from agkd_tf import errors
 from agkd_tf import evaluate_lib
 from agkd_tf import io_utils

@@ -131,3 +131,15 @@ def test_every_flagfile_parses_and_names_what_it_reproduces():
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert len(proc.stdout.splitlines()) == len(names), proc.stdout
   assert 'flags/cifar10_agkd_bml_wrn34_aa.cfg agkd_bml wrn-34-10 105' in proc.stdout
+
+
+def test_importing_the_package_leaves_stderr_and_tensorflow_alone():
+  """Only the binaries filter TensorFlow's import chatter (by redirecting file descriptor 2)."""
+  script = ('import sys, agkd_tf\n'
+            'print("agkd_tf.quiet_tensorflow" in sys.modules, "tensorflow" in sys.modules)\n'
+            'from agkd_tf import train\n'
+            'print("agkd_tf.quiet_tensorflow" in sys.modules)\n')
+  proc = subprocess.run([sys.executable, '-c', script], cwd=conftest.REPO, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split() == ['False', 'False', 'True']
