@@ -23,7 +23,6 @@ from bench import aa_parity
 from bench import official_throughput
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-_SCRIPT = os.path.join(REPO, 'bench', 'official_throughput.py')
 
 
 def _fake_official(root):
@@ -72,13 +71,15 @@ def test_a_folder_that_is_not_the_official_code_is_refused(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec('torch') is not None,
                     reason='torch is installed here; the no-torch message cannot be shown')
-def test_without_torch_the_script_says_so_in_one_line(tmp_path):
-  proc = subprocess.run([sys.executable, _SCRIPT, f'--official_dir={tmp_path}'], cwd=REPO,
+@pytest.mark.parametrize('script,arg,message', [
+    ('official_throughput.py', '--official_dir=.', 'needs torch and torchvision'),
+    ('aa_parity.py', '--models=m=unused', 'needs torch (CPU wheel) and pyautoattack')])
+def test_without_torch_each_script_says_so_in_one_line(tmp_path, script, arg, message):
+  proc = subprocess.run([sys.executable, os.path.join(REPO, 'bench', script), arg], cwd=REPO,
                         capture_output=True, text=True, timeout=120,
                         env={**os.environ, 'AGKD_BENCH_RESULTS': str(tmp_path / 'results')})
   assert proc.returncode != 0
-  assert proc.stderr.strip().splitlines()[-1].startswith(
-      'error: bench/official_throughput.py needs torch and torchvision')
+  assert proc.stderr.strip().splitlines()[-1].startswith(f'error: bench/{script} {message}')
   assert 'Traceback' not in proc.stderr
   assert not (tmp_path / 'results').exists()
 
@@ -93,7 +94,8 @@ _DATA = os.path.join(REPO, '..', 'shared', 'data', 'cifar10-jpeg')
                     'the shared CIFAR-10 folder')
 def test_tiny_run_against_the_official_code(tmp_path):
   proc = subprocess.run(
-      [sys.executable, _SCRIPT, f'--official_dir={_OFFICIAL}', '--ks=2', '--steps=1',
+      [sys.executable, os.path.join(REPO, 'bench', 'official_throughput.py'),
+       f'--official_dir={_OFFICIAL}', '--ks=2', '--steps=1',
        '--rounds=1', '--batch_size=4', '--train_examples=40', f'--dataset={_DATA}'],
       cwd=REPO, capture_output=True, text=True, timeout=600,
       env={**os.environ, 'AGKD_BENCH_RESULTS': str(tmp_path)})
@@ -112,20 +114,6 @@ def test_the_official_autoattack_log_is_read_per_attack():
            'robust accuracy after APGD-T: 27.50% (total time 40.0 s)',
            'robust accuracy: 27.50%']
   assert aa_parity.parse_official_log(lines) == {'apgd-ce': (0.3, 12.5), 'apgd-t': (0.275, 40.0)}
-
-
-@pytest.mark.skipif(importlib.util.find_spec('torch') is not None,
-                    reason='torch is installed here; the no-torch message cannot be shown')
-def test_aa_parity_without_torch_says_so_in_one_line(tmp_path):
-  proc = subprocess.run([sys.executable, os.path.join(REPO, 'bench', 'aa_parity.py'),
-                         '--models=m=unused'], cwd=REPO, capture_output=True, text=True,
-                        timeout=120,
-                        env={**os.environ, 'AGKD_BENCH_RESULTS': str(tmp_path / 'results')})
-  assert proc.returncode != 0
-  assert proc.stderr.strip().splitlines()[-1].startswith(
-      'error: bench/aa_parity.py needs torch (CPU wheel) and pyautoattack')
-  assert 'Traceback' not in proc.stderr
-  assert not (tmp_path / 'results').exists()
 
 
 @pytest.mark.skipif(importlib.util.find_spec('torch') is None, reason='needs torch (CPU wheel)')
