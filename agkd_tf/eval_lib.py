@@ -4,23 +4,29 @@ Used by training (`--eval_every` and the final result.json). Every forward pass 
 mode (BN eval), and the attack is given the true labels.
 """
 
+import weakref
+
 import tensorflow as tf
 
 from agkd_tf import attacks
 from agkd_tf.data import pipeline
 
-
-_COMPILED = {}
+# Compiled functions per network, dropped with the network: the functions hold only a weak
+# reference to it, so evaluating many networks in one process (a sweep, the tests) does not keep
+# every one of them alive.
+_COMPILED = weakref.WeakKeyDictionary()
 
 
 def _correct_fn(network, attack_steps, eps, step_size):
   """A compiled (images, labels, seed) -> number correct, cached per network and attack."""
-  key = (id(network), attack_steps, float(eps), float(step_size))
-  if key in _COMPILED and _COMPILED[key][0] is network:
-    return _COMPILED[key][1]
+  per_network = _COMPILED.setdefault(network, {})
+  key = (attack_steps, float(eps), float(step_size))
+  if key in per_network:
+    return per_network[key]
+  network_ref = weakref.ref(network)
 
   def logits_fn(images):
-    return network(images, training=False)['logits']
+    return network_ref()(images, training=False)['logits']
 
   shape = [None] + list(network.input_shape[1:])
 
@@ -33,7 +39,7 @@ def _correct_fn(network, attack_steps, eps, step_size):
     pred = tf.argmax(logits_fn(images), axis=-1, output_type=tf.int32)
     return tf.reduce_sum(tf.cast(pred == labels, tf.int32))
 
-  _COMPILED[key] = (network, correct)
+  per_network[key] = correct
   return correct
 
 

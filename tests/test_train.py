@@ -1,8 +1,10 @@
 """Tests of the training loop: learning, tf.distribute equality, resume and export."""
 
 import dataclasses
+import gc
 import json
 import os
+import weakref
 
 import keras
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from agkd_tf import data
+from agkd_tf import eval_lib
 from agkd_tf import export_lib
 from agkd_tf import methods
 from agkd_tf import models
@@ -245,3 +248,19 @@ def test_madry_at_step_lowers_the_adversarial_loss():
       m.reset_state()
     losses.append(float(step(batches)['loss']))
   assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+
+
+def test_in_training_accuracy_is_cached_per_network_without_keeping_it_alive():
+  rng = np.random.RandomState(0)
+  x = rng.randint(0, 256, (12, 8, 8, 3)).astype(np.uint8)
+  y = rng.randint(0, 3, 12)
+  network = helpers.dense_network(num_classes=3, seed=2)
+  first = eval_lib.accuracy(network, x, y, batch_size=8, attack_steps=2)
+  correct_fn = eval_lib._correct_fn  # pylint: disable=protected-access
+  fn = correct_fn(network, 2, 8 / 255, 2 / 255)
+  assert correct_fn(network, 2, 8 / 255, 2 / 255) is fn
+  assert eval_lib.accuracy(network, x, y, batch_size=8, attack_steps=2) == first
+  alive = weakref.ref(network)
+  del network, fn
+  gc.collect()
+  assert alive() is None
