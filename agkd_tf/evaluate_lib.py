@@ -211,7 +211,7 @@ def _cleverhans_attack(attack):
   return run
 
 
-class _Runner:
+class AttackRunner:
   """Runs attacks batch by batch on fixed test images, with integrity checks and progress."""
 
   def __init__(self, model, x, y, config):
@@ -454,9 +454,9 @@ def assess(model, x, y, config, dataset, output_dir=None):
 
   Returns:
     (result, runner, adversarial): the report dict (eval.json's content less k-NN and t-SNE),
-    the `_Runner` over the images, and the kept adversarial images by attack name.
+    the `AttackRunner` over the images, and the kept adversarial images by attack name.
   """
-  runner = _Runner(model, x, y, config)
+  runner = AttackRunner(model, x, y, config)
   log = print if config.verbose else logging.info
   acc, times, extra, max_dev = {}, {}, {}, {}
   clean = runner.clean_correct()
@@ -549,7 +549,7 @@ def _transfer(runner, config, extra):
   """PGD-20 examples of another model (`transfer_from`), judged by this one."""
   source = load_model(*((config.transfer_from, None) if os.path.isfile(
       os.path.join(config.transfer_from, 'model_spec.json')) else (None, config.transfer_from)))
-  source_runner = _Runner(source, runner.x, runner.y, config)
+  source_runner = AttackRunner(source, runner.x, runner.y, config)
   (_, x_src), _ = source_runner.attack('pgd20', keep=True)
   preds = np.concatenate([
       np.argmax(runner.model.logits_fn(tf.constant(x_src[i:i + 256])).numpy(), -1)

@@ -196,7 +196,7 @@ def test_eps_sweep_step_is_passed_to_the_attack():
 
   x = tf.fill((4, 8, 8, 3), 0.5).numpy()
   y = tf.constant([0, 1, 2, 0]).numpy()
-  runner = evaluate_lib._Runner(Linear, x, y, _config(None))
+  runner = evaluate_lib.AttackRunner(Linear, x, y, _config(None))
   _, default_dev = runner.attack('bim1', eps=16 / 255)
   _, scaled_dev = runner.attack('bim1', eps=16 / 255, step_size=4 / 255)
   assert abs(default_dev - attacks_lib.DEFAULT_STEP_SIZE) < 1e-6
