@@ -219,3 +219,20 @@ def test_attention_figure_draws_every_network(tmp_path):
   x = tf.random.stateless_uniform((3, 8, 8, 3), (0, 3)).numpy()
   path = analysis.attention_figure(nets, x, str(tmp_path / 'att.png'))
   assert os.path.getsize(path) > 1000
+
+
+def test_every_published_model_evaluates_from_its_saved_model(tmp_path, shared_cifar):
+  """bench/results/models/<row>/ SavedModels load in the evaluator and are robust models."""
+  root = os.path.join(conftest.REPO, 'bench', 'results', 'models')
+  rows = sorted(os.listdir(root))
+  assert rows, 'no published models'
+  for row in rows:
+    out = tmp_path / row
+    proc = conftest.run_binary('evaluate', f'--saved_model={os.path.join(root, row)}',
+                               f'--dataset=folder:{shared_cifar}', '--attacks=clean,pgd20',
+                               '--num_examples=100', '--masking_checks=false', f'--output_dir={out}',
+                               timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(out / 'eval.json') as f:
+      accuracy = json.load(f)['accuracy']
+    assert accuracy['clean'] > 30 and accuracy['pgd20'] > 10, (row, accuracy)
