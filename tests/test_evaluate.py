@@ -230,8 +230,8 @@ def test_every_published_model_evaluates_from_its_saved_model(tmp_path, shared_c
     out = tmp_path / row
     proc = conftest.run_binary('evaluate', f'--saved_model={os.path.join(root, row)}',
                                f'--dataset=folder:{shared_cifar}', '--attacks=clean,pgd20',
-                               '--num_examples=100', '--masking_checks=false', f'--output_dir={out}',
-                               timeout=600)
+                               '--num_examples=100', '--masking_checks=false',
+                               f'--output_dir={out}', timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(out / 'eval.json') as f:
       accuracy = json.load(f)['accuracy']
