@@ -2,7 +2,7 @@
 
 Zhang & Wang, "Defense Against Adversarial Attacks Using Feature Scattering-based Adversarial
 Training", NeurIPS 2019 (official code Haichao-Zhang/FeatureScatter, `ot.py`). The recipe is
-`../shared/docs/algorithms.md` ("Feature Scattering"):
+`docs/algorithms.md` ("Feature Scattering"):
 
 - Cost C_ij = max(0, 1 - cos(x_i, y_j)) between the rows of two [B, D] feature batches.
 - Log-domain Sinkhorn with uniform marginals (1/m and 1/n), entropy 0.01, at most 100

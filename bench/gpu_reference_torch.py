@@ -7,7 +7,7 @@ what the paper's own framework does with the same two training steps on whatever
 so that a lent accelerator without TensorFlow still tells us what the hardware allows, and what
 fraction of the bf16 matmul peak such a step reaches.
 
-The steps follow `../shared/docs/algorithms.md` pass for pass, since the pass count is what
+The steps follow `docs/algorithms.md` pass for pass, since the pass count is what
 decides the cost:
 - AT-7: untargeted PGD-7 (step 2/255, random start, BN eval), then CE on x' in BN train.
 - AGKD-BML, K = 2: most-confusing label (BN eval); targeted PGD-2 from x1 toward y_mc and from a

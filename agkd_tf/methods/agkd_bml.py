@@ -2,7 +2,7 @@
 
 Wang, Deng, Guo, Chang, Wang, "Attention Guided Knowledge Distillation and Bi-directional Metric
 Learning for Adversarial Robustness" (ICCV 2021); official code hongw579/AGKD-BML. The recipe is
-`../shared/docs/algorithms.md` ("AGKD-BML"). One step on a batch (x1, y1):
+`docs/algorithms.md` ("AGKD-BML"). One step on a batch (x1, y1):
 
 1. y_mc = argmax_{j != y1} z(x1), on the student in BN eval.
 2. x1' = targeted PGD-K on the student (BN eval) from x1 + U(-eps, eps) toward y_mc.

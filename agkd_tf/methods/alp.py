@@ -1,7 +1,7 @@
 """ALP: Kannan, Kurakin, Goodfellow, "Adversarial Logit Pairing", arXiv:1803.06373 (2018).
 
 The official code is ImageNet only; this is the CIFAR configuration of the recipe
-(`../shared/docs/algorithms.md`, "Baselines"):
+(`docs/algorithms.md`, "Baselines"):
 
 - Attack: untargeted PGD-K (K = 10, step 2/255) from a uniform random start, ascending CE, in BN
   eval: exactly Madry AT's attack, so the class reuses `MadryAT.adversarial`.

@@ -2,7 +2,7 @@
 Training of More Robust Models Against Adversarial Attacks", ICCV 2019; official code
 wjyouch/bilateral-adversarial-training, the R-MC-LA variant.
 
-As the recipe (`../shared/docs/algorithms.md`, "Baselines"):
+As the recipe (`docs/algorithms.md`, "Baselines"):
 
 - One BN-eval pass on the clean x gives the logits z0 (no gradient): the target
   t = argmax_{j != y} z0 ("MC", most confusing) and the adversarial label ("LA",

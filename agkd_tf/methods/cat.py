@@ -1,7 +1,7 @@
 """CAT: Customized Adversarial Training, with one perturbation budget per training example.
 
 Cheng, Lei, Chen, Dhillon, Hsieh, "CAT: Customized Adversarial Training for Improved Robustness"
-(arXiv:2002.06789, 2020). The recipe is `../shared/docs/algorithms.md` ("CAT"), which follows the
+(arXiv:2002.06789, 2020). The recipe is `docs/algorithms.md` ("CAT"), which follows the
 paper's rule because the two public implementations (the authors' cmhcbb/CAT-Customized-
 Adversarial-Training and hirokiadachi/Customized-Adversarial-Training) disagree and both have
 bugs. One step on a batch (x, y) with training-set indices i:

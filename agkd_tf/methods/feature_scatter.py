@@ -2,7 +2,7 @@
 
 Zhang & Wang, "Defense Against Adversarial Attacks Using Feature Scattering-based Adversarial
 Training", NeurIPS 2019; official code Haichao-Zhang/FeatureScatter. The recipe is
-`../shared/docs/algorithms.md` ("Feature Scattering"). One step on a batch (x, y):
+`docs/algorithms.md` ("Feature Scattering"). One step on a batch (x, y):
 
 1. z = logits of the clean x, and x0 = x + U(-eps, eps), both on the network in BN eval.
 2. Loss_OT = sum_ij T_ij C_ij with C_ij = max(0, 1 - cos(z_i, z(x0)_j)) and T the log-domain

@@ -1,7 +1,7 @@
 """MART: Wang, Zou, Yi, Bailey, Ma, Gu, "Improving Adversarial Robustness Requires Revisiting
 Misclassified Examples", ICLR 2020; official code YisenWang/MART (`mart_loss`).
 
-As the recipe (`../shared/docs/algorithms.md`, "Baselines") and the official code:
+As the recipe (`docs/algorithms.md`, "Baselines") and the official code:
 
 - Attack (BN eval): from x + 0.001 * N(0, I), K = 10 steps of 0.007 ascending CE, eps 0.031,
   P_eps after each step: `attacks.pgd` with that start. The result is projected once more, as the

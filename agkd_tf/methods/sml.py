@@ -3,7 +3,7 @@
 Mao, Zhong, Yang, Vondrick, Ray, "Metric Learning for Adversarial Robustness" (NeurIPS 2019);
 official code columbia/Metric_Learning_Adversarial_Robustness (`train_update_fast_triplet.py`,
 `config_cifar.json`). AGKD-BML calls it SML, the single-directional metric learning baseline. The
-recipe is `../shared/docs/algorithms.md` ("SML / TLA"). One step on a batch (x, y):
+recipe is `docs/algorithms.md` ("SML / TLA"). One step on a batch (x, y):
 
 1. Anchor x' = PGD-K (K = 7 officially) from a uniform random start, BN eval, ascending CE.
 2. Positives: the clean x, and x_pos2, a random training image of class y drawn from the class

@@ -1,7 +1,7 @@
 """TRADES: Zhang, Yu, Jiao, Xing, El Ghaoui, Jordan, "Theoretically Principled Trade-off between
 Robustness and Accuracy", ICML 2019; official code yaodongyu/TRADES (`trades_loss`).
 
-As the recipe (`../shared/docs/algorithms.md`, "Baselines") and the official code:
+As the recipe (`docs/algorithms.md`, "Baselines") and the official code:
 
 - Attack (BN eval): from x + 0.001 * N(0, I), not clipped, K = 10 steps of 0.007 ascending
   sum_i KL(p(x_i) || p(x'_i)), P_eps (eps 0.031, then [0, 1]) after each step
