@@ -1,7 +1,8 @@
 """AGKD-BML: Attention Guided Knowledge Distillation and Bi-directional Metric Learning.
 
-Wang, Deng, Guo, Chang, Wang, "Attention Guided Knowledge Distillation and Bi-directional Metric
-Learning for Adversarial Robustness" (ICCV 2021); official code hongw579/AGKD-BML. The recipe is
+H. Wang, Y. Deng, S. Yoo, H. Ling, Y. Lin, "AGKD-BML: Defense Against Adversarial Attack by
+Attention Guided Knowledge Distillation and Bi-directional Metric Learning", ICCV 2021
+(arXiv:2108.06017); official code hongw579/AGKD-BML. The recipe is
 `docs/algorithms.md` ("AGKD-BML"). One step on a batch (x1, y1):
 
 1. y_mc = argmax_{j != y1} z(x1), on the student in BN eval.
