@@ -601,6 +601,10 @@ def train(config: TrainConfig, strategy=None, splits=None):
   Raises:
     UserError: bad names, data, model_dir or checkpoint.
   """
+  # The wall time of this call (loading, a teacher trained first, training, final evaluation and
+  # export) goes to result.json: the README quotes it, and images_per_sec leaves out everything
+  # but the timed steps.
+  wall_start = time.time()
   _check_config(config)
   model_dir = os.path.abspath(config.model_dir)
   _check_existing_run(model_dir, config)
@@ -827,6 +831,9 @@ def train(config: TrainConfig, strategy=None, splits=None):
   if config.export:
     from agkd_tf import export_lib  # pylint: disable=g-import-not-at-top
     result['export_dir'] = export_lib.export_run(model_dir)
+  # A resumed run's earlier invocations are not in wall_seconds; start_step > 0 says so.
+  result['wall_seconds'] = time.time() - wall_start
+  result['start_step'] = start_step
   io_utils.write_json_atomic(result_path, result)
   logging.info('Result: %s', json.dumps(result))
   return result

@@ -24,6 +24,11 @@ same process.
   python3 bench/gpu_reference_torch.py --out=/tmp/ref --compile   # plus compilation time
   python3 bench/gpu_reference_torch.py --out=/tmp/ref --batch_size=4 --widen=1 --seconds=1 \
       --peak_size=512                                          # the CPU smoke run
+
+The Markdown is a function of the JSON alone, so it can be rewritten where there is no GPU (and no
+torch), e.g. after the format changes; the measuring command stays the one the JSON records:
+
+  python3 bench/gpu_reference_torch.py --render=bench/results/gpu_torch_reference.json
 """
 
 import json
@@ -32,15 +37,25 @@ import platform
 import statistics
 import sys
 import time
+import types
 
 from absl import app
 from absl import flags
-import torch
-from torch import nn
-from torch.nn import functional as F
-from torch.utils import flop_counter
+try:
+  import torch
+  from torch import nn
+  from torch.nn import functional as F
+  from torch.utils import flop_counter
+except ImportError:
+  # --render reads only the JSON, so it runs where torch is not installed; the stand-in lets the
+  # network classes below be defined, and main() refuses to measure without torch.
+  torch = F = flop_counter = None
+  nn = types.SimpleNamespace(Module=object)
 
-flags.DEFINE_string('out', None, 'Folder for gpu_torch_reference.{md,json}.', required=True)
+flags.DEFINE_string('out', None, 'Folder for gpu_torch_reference.{md,json}.')
+flags.DEFINE_string('render', None, 'Rewrite the Markdown beside this gpu_torch_reference*.json '
+                    'from the JSON alone (no torch, no measurement).')
+flags.mark_flags_as_mutual_exclusive(['out', 'render'], required=True)
 flags.DEFINE_integer('batch_size', 128, 'Training batch (the paper\'s 128).')
 flags.DEFINE_integer('depth', 28, 'WRN depth.')
 flags.DEFINE_integer('widen', 10, 'WRN widening factor.')
@@ -212,8 +227,63 @@ def sync(device):
     torch.cuda.synchronize()
 
 
+def markdown(result, source=None):
+  """The Markdown of a result JSON ({'meta': ..., 'rows': ...}), from its figures alone.
+
+  Args:
+    result: the parsed JSON.
+    source: the JSON's path when rendering a stored file; the Markdown then says it was rendered
+      from it, and by which command. None when the measuring run writes both files.
+
+  Returns:
+    The Markdown text.
+  """
+  meta = result['meta']
+  command = meta.get('command')
+  if source is None:
+    provenance = f'`{command}`'
+  else:
+    rendered = f'this file was rendered from it by `{" ".join(["python3"] + sys.argv)}`'
+    provenance = (f'`{command}` (the command recorded in {os.path.basename(source)}; {rendered})'
+                  if command else
+                  f'The measuring command is not recorded in {os.path.basename(source)}; '
+                  f'{rendered}.')
+  # JSONs written before the --compile flag existed lack 'compiled'; their command then tells
+  # (the flag defaults to eager).
+  compiled = meta.get('compiled', None if command is None else '--compile' in command.split())
+  mode = {True: 'torch.compile networks', False: 'eager', None: 'eager or compiled not recorded'}
+  lines = [f'# PyTorch reference on {meta["device"]} (not the package; see '
+           'bench/gpu_reference_torch.py)', '', provenance, '',
+           f'{meta["model"]}, batch {meta["batch_size"]}, bf16 autocast, channels-last, '
+           f'{mode[compiled]}, torch {meta["torch"]}; medians of {meta["rounds"]} alternating '
+           f'rounds of {meta["seconds"]:.0f} s. Measured bf16 matmul peak '
+           f'{meta["bf16_matmul_peak_tflops"]:.0f} TFLOP/s.', '',
+           '| method | img/s | s per CIFAR-10 epoch | paper, V100 (s) | GFLOP/img | '
+           'fraction of peak |', '|---|---|---|---|---|---|']
+  lines += [f'| {r["method"]} | {r["img_per_s"]:.1f} | {r["epoch_s"]:.1f} | '
+            f'{r["paper_v100_epoch_s"]:.0f} | {r["gflop_per_image"]:.1f} | '
+            f'{r["fraction_of_peak"]:.3f} |' for r in result['rows']]
+  return '\n'.join(lines) + '\n'
+
+
+def render(json_path):
+  """Rewrites the Markdown beside json_path (same stem, .md) from the JSON alone."""
+  with open(json_path) as f:
+    text = markdown(json.load(f), source=json_path)
+  md_path = os.path.splitext(json_path)[0] + '.md'
+  with open(md_path, 'w') as f:
+    f.write(text)
+  print(f'{md_path}: rendered from {json_path}')
+  return md_path
+
+
 def main(argv):
   del argv
+  if FLAGS.render:
+    render(FLAGS.render)
+    return
+  if torch is None:
+    raise app.UsageError('measuring needs torch (only --render works without it)')
   device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
   torch.backends.cudnn.benchmark = True
   name = torch.cuda.get_device_name() if device.type == 'cuda' else f'CPU ({platform.machine()})'
@@ -250,22 +320,14 @@ def main(argv):
           'bf16_matmul_peak_tflops': peak / 1e12, 'command': ' '.join(['python3'] + sys.argv)}
   os.makedirs(FLAGS.out, exist_ok=True)
   stem = 'gpu_torch_reference' + ('_compiled' if FLAGS.compile else '')
+  result = {'meta': meta, 'rows': rows}
   with open(os.path.join(FLAGS.out, stem + '.json'), 'w') as f:
-    json.dump({'meta': meta, 'rows': rows}, f, indent=2)
-  lines = [f'# PyTorch reference on {name} (not the package; see bench/gpu_reference_torch.py)',
-           '', f'`{meta["command"]}`', '',
-           f'{meta["model"]}, batch {FLAGS.batch_size}, bf16 autocast, channels-last, '
-           f'{"torch.compile networks" if FLAGS.compile else "eager"}, '
-           f'torch {torch.__version__}; medians of {FLAGS.rounds} alternating rounds of '
-           f'{FLAGS.seconds:.0f} s. Measured bf16 matmul peak {peak / 1e12:.0f} TFLOP/s.', '',
-           '| method | img/s | s per CIFAR-10 epoch | paper, V100 (s) | GFLOP/img | '
-           'fraction of peak |', '|---|---|---|---|---|---|']
-  lines += [f'| {r["method"]} | {r["img_per_s"]:.1f} | {r["epoch_s"]:.1f} | '
-            f'{r["paper_v100_epoch_s"]:.0f} | {r["gflop_per_image"]:.1f} | '
-            f'{r["fraction_of_peak"]:.3f} |' for r in rows]
+    json.dump(result, f, indent=2)
+  # The same function as --render, so a stored JSON always renders to the Markdown it came with.
+  text = markdown(result)
   with open(os.path.join(FLAGS.out, stem + '.md'), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  print('\n'.join(lines))
+    f.write(text)
+  print(text, end='')
 
 
 if __name__ == '__main__':

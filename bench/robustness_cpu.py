@@ -14,6 +14,7 @@ an hour, so the table can be built in chunks across sessions:
 
   python bench/robustness_cpu.py --rows=at,trades --stages=train,eval   # one chunk
   python bench/robustness_cpu.py --stages=table                        # the table, any time
+  python bench/robustness_cpu.py --stages=plot,readme   # figure and README from the table's JSON
 
 The table (bench/results/robustness_cpu.{md,json}) holds every row evaluated so far; rows not yet
 evaluated are listed as missing under it rather than left out silently. Beside it go the figures:
@@ -99,9 +100,10 @@ _TEACHER_ROWS = {'agkd_bml', 'agkd_only', 'bml_only', 'agkd_sml', 'att_gradcam_o
 flags.DEFINE_list('rows', [r.key for r in ROWS], 'Rows to work on: ' +
                   ', '.join(r.key for r in ROWS) + '. The table stage tables the equal-time rows '
                   '(*_eqt) apart, beside AGKD-BML and the one-step rows they stretch.')
-flags.DEFINE_list('stages', ['train', 'eval', 'table'], 'train, eval, table and/or readme '
-                  '(rewrites the README block between the robustness_cpu markers from the '
-                  'table\'s JSON).')
+flags.DEFINE_list('stages', ['train', 'eval', 'table'], 'train, eval, table, plot and/or '
+                  'readme. plot redraws <name>_eps.png from the table\'s JSON (no run '
+                  'directories needed); readme rewrites the README block between the '
+                  'robustness_cpu markers from the table\'s JSON.')
 flags.DEFINE_string('readme', os.path.join(ROOT, 'README.md'), 'The README the readme stage edits.')
 flags.DEFINE_string('runs_dir', 'runs/robustness_cpu', 'One run directory per row under here.')
 flags.DEFINE_list('attacks', ['clean', 'fgsm', 'bim10', 'pgd10', 'pgd20', 'cw10', 'cw20', 'mim40',
@@ -371,17 +373,82 @@ def table():
                if unchecked else '.'))
   common.RESULTS = FLAGS.results_dir
   os.makedirs(FLAGS.results_dir, exist_ok=True)
-  curves = {r['method']: r['eps_sweep'] for r in rows if r.get('eps_sweep')}
-  if curves:
-    from agkd_tf import evaluate_lib  # pylint: disable=g-import-not-at-top
-    evaluate_lib.eps_plot(curves, os.path.join(FLAGS.results_dir, f'{FLAGS.name}_eps.png'),
-                          'PGD-20 accuracy vs eps, every method')
+  if eps_figure(rows, os.path.join(FLAGS.results_dir, f'{FLAGS.name}_eps.png')):
     notes += f' PGD-20 accuracy against eps for every row: {FLAGS.name}_eps.png.'
   notes += _figures()
   common.write(FLAGS.name, rows, columns, notes=notes, extra={'missing': missing})
   equal_time_table({k: v for k, v in figures.items() if v})
 
 
+# Line markers for eps_figure. Seven is prime to the 20 colours of tab20, so the (colour, marker)
+# pairs repeat only after 140 rows; tab20 alone pairs a dark and a light shade of each hue, and the
+# marker tells those neighbours apart.
+_MARKERS = ('o', 's', '^', 'D', 'v', 'P', 'X')
+
+
+def eps_styles(n):
+  """(colour, marker) of each of n lines: distinct for any n up to 140."""
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+  colours = colormaps['tab20'].colors
+  return [(colours[i % len(colours)], _MARKERS[i % len(_MARKERS)]) for i in range(n)]
+
+
+def eps_figure(rows, path):
+  """Draws PGD-20 accuracy against eps, one line per table row that has an eps sweep.
+
+  Matplotlib's default cycle has ten colours and the table has more rows, so rows would share a
+  line style; every row gets its own (colour, marker) instead, and the ablations are dashed.
+
+  Args:
+    rows: table rows (`table_row` results or the rows of the table's JSON).
+    path: the PNG to write.
+
+  Returns:
+    [(label, colour, marker, linestyle)] of the lines drawn, as matplotlib holds them (empty, and
+    no file written, when no row has an eps sweep).
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import colors as mcolors  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  rows = [r for r in rows if r.get('eps_sweep')]
+  if not rows:
+    return []
+  fig, ax = plt.subplots(figsize=(9.5, 4.8))
+  top = 0.0
+  for row, (colour, marker) in zip(rows, eps_styles(len(rows))):
+    items = sorted((float(k), v) for k, v in row['eps_sweep'].items())
+    top = max([top] + [v for _, v in items])
+    ablation = row.get('row') in _BY_KEY and _BY_KEY[row['row']].ablation
+    ax.plot([k * 255 for k, _ in items], [v for _, v in items], color=colour, marker=marker,
+            linestyle='--' if ablation else '-', markersize=6, linewidth=1.4,
+            label=row['method'])
+  # The legend sits outside the axes: inside, it would hide the crowded low-eps points.
+  ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0), frameon=False)
+  ax.set_xlabel('eps (x/255)')
+  ax.set_ylabel('PGD-20 accuracy (%)')
+  ax.set_ylim(0, min(100, 10 * (int(top) // 10 + 1)))
+  ax.set_title('PGD-20 accuracy vs eps, every method (dashed: ablations)')
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  drawn = [(line.get_label(), mcolors.to_hex(line.get_color()), line.get_marker(),
+            line.get_linestyle()) for line in ax.get_lines()]
+  plt.close(fig)
+  return drawn
+
+
+def plot():
+  """Redraws <name>_eps.png from results_dir/<name>.json alone: no run directory is read."""
+  with open(os.path.join(FLAGS.results_dir, f'{FLAGS.name}.json')) as f:
+    rows = json.load(f)['rows']
+  path = os.path.join(FLAGS.results_dir, f'{FLAGS.name}_eps.png')
+  drawn = eps_figure(rows, path)
+  print(f'{path}: {len(drawn)} rows drawn from {FLAGS.name}.json' if drawn else
+        f'{FLAGS.name}.json has no eps sweep; {path} not written')
+
+
+# The README block's markers (common.readme_block rewrites what lies between them).
 README_BEGIN = '<!-- robustness_cpu:begin (written by bench/robustness_cpu.py --stages=readme) -->'
 README_END = '<!-- robustness_cpu:end -->'
 
@@ -390,10 +457,6 @@ def readme():
   """Rewrites the README's results block from results_dir/<name>.json, so the two agree."""
   with open(os.path.join(FLAGS.results_dir, f'{FLAGS.name}.json')) as f:
     result = json.load(f)
-  with open(FLAGS.readme) as f:
-    text = f.read()
-  if README_BEGIN not in text or README_END not in text:
-    raise app.UsageError(f'{FLAGS.readme} has no {README_BEGIN} ... {README_END} block')
   cell = lambda v: '-' if v is None else f'{v:.2f}' if isinstance(v, float) else str(v)
   lines = ['| method | clean | FGSM | PGD-20 | CW-20 | MIM-40 | AA (images) | train s/epoch | '
            'masking flags |', '|---|---|---|---|---|---|---|---|---|']
@@ -415,10 +478,7 @@ def readme():
     path = os.path.join(FLAGS.results_dir, name)
     if os.path.isfile(path):
       lines += ['', f'{caption}:', '', f'![{caption}]({os.path.relpath(path, here)})']
-  block = '\n'.join([README_BEGIN, *lines, README_END])
-  start, end = text.index(README_BEGIN), text.index(README_END) + len(README_END)
-  with open(FLAGS.readme, 'w') as f:
-    f.write(text[:start] + block + text[end:])
+  common.readme_block('robustness_cpu', lines, FLAGS.readme)
   print(f'{FLAGS.readme}: results block rewritten from {FLAGS.name}.json '
         f'({len(result["rows"])} rows)')
 
@@ -436,6 +496,8 @@ def main(argv):
       evaluate(row)
   if 'table' in FLAGS.stages:
     table()
+  if 'plot' in FLAGS.stages:
+    plot()
   if 'readme' in FLAGS.stages:
     readme()
 
