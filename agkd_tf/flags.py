@@ -67,7 +67,7 @@ def define_train_flags():
                       'teacher without it. A resumed run restores its own checkpoint instead.')
   flags.DEFINE_float('label_smoothing', None, 'Official label smoothing: 1 - s on the true '
                      'class, s / (K - 1) on the others (default: the method\'s official value, '
-                     '0.5 for agkd_bml, 0 otherwise).')
+                     '0.5 for agkd_bml and feature_scatter, 0 otherwise).')
   flags.register_validator('label_smoothing', lambda v: v is None or 0.0 <= v < 1.0,
                            message='--label_smoothing must lie in [0, 1)')
   define_fraction('eps', 8 / 255, 'L-inf budget in pixel units, e.g. 8/255.')

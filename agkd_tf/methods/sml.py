@@ -24,8 +24,8 @@ its own BN-train pass with its own batch statistics. The negative's embedding in
 therefore computed under other statistics than when it was mined in BN eval; the official code
 does the same, and we keep it rather than change what the baseline is.
 
-Fine-tuning: the official code starts from a Madry AT model. This package has no initialisation
-flag for sml (`--teacher_dir` only initialises agkd_bml), see flags/cifar10_sml.cfg.
+Fine-tuning: the official code starts from a Madry AT model; pass `--init_from=AT_RUN_DIR` (a
+finished run of the same model) to do the same, see flags/cifar10_sml.cfg.
 """
 
 import tensorflow as tf
