@@ -188,10 +188,10 @@ def run_official(bridge, x, y):
   after = parse_official_log(lines)
   n = len(y)
   removed, time_s = {}, {}
-  prev_acc, prev_t = None, 0.0
-  clean = next((float(m.group(1)) / 100 for m in (re.search(r'initial accuracy: ([\d.]+)%', l)
-                                                   for l in lines) if m), None)
-  prev_acc = clean
+  # Removals are differences of the cascade's accuracies, from the initial (clean) one on.
+  prev_acc = next((float(m.group(1)) / 100 for m in (re.search(r'initial accuracy: ([\d.]+)%', l)
+                                                      for l in lines) if m), None)
+  prev_t = 0.0
   for a in ATTACKS:
     if a in after:
       acc, t = after[a]
@@ -209,7 +209,7 @@ def main(argv):
   del argv
   try:
     import torch  # pylint: disable=g-import-not-at-top
-    import pyautoattack  # pylint: disable=g-import-not-at-top,unused-import
+    import pyautoattack  # pylint: disable=g-import-not-at-top
   except ImportError:
     raise SystemExit('error: bench/aa_parity.py needs torch (CPU wheel) and pyautoattack beside '
                      'agkd_tf; they are never package dependencies') from None
@@ -256,8 +256,7 @@ def main(argv):
     rows.append(row)
     print(f'{name}: ours {row["ours_robust"]:.1f}% official {row["official_robust"]:.1f}%, '
           f'alike {row["alike"]:.1f}%, time {row["time_ratio"]:.2f}x', flush=True)
-  import pyautoattack as pa  # pylint: disable=g-import-not-at-top
-  version = getattr(pa, '__version__', None) or _dist_version('pyautoattack')
+  version = getattr(pyautoattack, '__version__', None) or _dist_version('pyautoattack')
   common.write(
       'aa_parity', rows,
       [('model', 'model'), ('images', 'images'), ('ours robust %', 'ours_robust'),
