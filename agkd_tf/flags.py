@@ -98,6 +98,12 @@ def define_train_flags():
   flags.DEFINE_float('trades_beta', 6.0, 'TRADES: weight of the KL term (1/lambda).',
                      lower_bound=0.0)
   flags.DEFINE_enum('cat_loss', 'ce', ['ce', 'mix'], 'CAT: "ce", or "mix" (adds the CW hinge).')
+  flags.DEFINE_enum('agkd_loss', 'official', ['official', 'trades'], 'AGKD-BML adversarial '
+                    'term: "official" (LSCE on x1\' plus MART, per --mart) or "trades" (ours, '
+                    'not the paper\'s: CE on x1 plus --trades_beta x KL(p(x1) || p(x1\'))).')
+  flags.DEFINE_enum('agkd_attack', 'targeted', ['targeted', 'untargeted'], 'AGKD-BML forward '
+                    'attack: "targeted" toward the most confusing class (official) or '
+                    '"untargeted" CE ascent away from the true class (ours, not the paper\'s).')
   flags.DEFINE_float('norm_weight', 0.001, 'lambda2: weight of the embedding-norm regulariser.',
                      lower_bound=0.0)
   flags.DEFINE_integer('epochs', 200, 'Training epochs.', lower_bound=1)

@@ -89,6 +89,8 @@ class TrainConfig:
   trades_beta: float = 6.0
   attack_dtype: str = 'auto'
   cat_loss: str = 'ce'
+  agkd_loss: str = 'official'
+  agkd_attack: str = 'targeted'
   epochs: int = 200
   batch_size: int = 128
   lr: float = 0.1
@@ -291,14 +293,15 @@ def _first_replica(values, strategy):
 # The Python API (`agkd_tf.defend`) takes exactly these as keywords, with the defaults above.
 METHOD_HPARAMS = ('label_smoothing', 'eps', 'step_size', 'attack_steps', 'mart', 'mart_beta',
                   'attention', 'metric', 'metric_weight', 'margin', 'norm_weight', 'trades_beta',
-                  'attack_dtype', 'cat_loss')
+                  'attack_dtype', 'cat_loss', 'agkd_loss', 'agkd_attack')
 _CHOICES = {'attack_dtype': ('auto', 'float32', 'bfloat16'), 'cat_loss': ('ce', 'mix')}
 
 
 def check_method_hparams(config):
   """Raises UserError for a method hyper-parameter out of its range or set of names."""
   from agkd_tf.methods import agkd_bml  # pylint: disable=g-import-not-at-top
-  choices = dict(_CHOICES, attention=agkd_bml.ATTENTIONS, metric=agkd_bml.METRICS)
+  choices = dict(_CHOICES, attention=agkd_bml.ATTENTIONS, metric=agkd_bml.METRICS,
+                 agkd_loss=agkd_bml.LOSSES, agkd_attack=agkd_bml.FORWARD_ATTACKS)
   for name, valid in choices.items():
     if getattr(config, name) not in valid:
       raise UserError(f'unknown {name} "{getattr(config, name)}"; valid: {", ".join(valid)}')
@@ -319,7 +322,8 @@ def method_config(config, flip=True, num_train=0):
     smoothing = methods.get(config.method).default_label_smoothing
   return methods.MethodConfig(
       label_smoothing=smoothing, flip=flip, num_train=num_train, trades_beta=config.trades_beta,
-      cat_loss=config.cat_loss, eps=config.eps, step_size=config.step_size,
+      cat_loss=config.cat_loss, agkd_loss=config.agkd_loss, agkd_attack=config.agkd_attack,
+      eps=config.eps, step_size=config.step_size,
       attack_steps=config.attack_steps, mart=config.mart, mart_beta=config.mart_beta,
       attention=config.attention, metric=config.metric, metric_weight=config.metric_weight,
       margin=config.margin, norm_weight=config.norm_weight,

@@ -87,7 +87,7 @@ def _profile(method, step, splits):
   @tf.function
   def backward(y_mc, y):
     x2, _ = method.draw_backward_samples(y_mc)
-    return method._targeted_pgd(x2, y, stream=2)  # pylint: disable=protected-access
+    return method._pgd(x2, y, stream=2)  # pylint: disable=protected-access
 
   teacher = tf.function(lambda v: method.teacher(v, training=False)['feature_map'])
   x2 = tf.concat([x, x], 0)

@@ -12,6 +12,11 @@ which goes first in each round, and reports each one's time per image relative t
 row.
 
   python bench/equal_time.py [--steps=8] [--rounds=4]
+
+With `--study=recipe` it times the rows of the AGKD-BML recipe study (bench/recipe_study.py)
+against AGKD-BML K = 10, the study's equal-time view (bench/results/recipe_study_timing.*):
+
+  python bench/equal_time.py --study=recipe [--steps=4] [--rounds=2]
 """
 
 import dataclasses
@@ -32,10 +37,21 @@ from agkd_tf import flags as agkd_flags  # pylint: disable=g-import-not-at-top,w
 from agkd_tf import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from agkd_tf.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bench import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bench import recipe_study  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bench import robustness_cpu  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-flags.DEFINE_list('timing_rows', ['agkd_bml', 'at_eqt', 'fs_eqt', 'bilateral_eqt'],
-                  'Rows of bench/robustness_cpu.py to time; the first is the reference.')
+# Each study: (its rows, the rows timed by default with the reference first, the results name).
+STUDIES = {
+    'robustness_cpu': (robustness_cpu.ROWS, ['agkd_bml', 'at_eqt', 'fs_eqt', 'bilateral_eqt'],
+                       'equal_time_timing'),
+    'recipe': (recipe_study.ROWS, [r.key for r in recipe_study.ROWS if not r.is_teacher],
+               'recipe_study_timing'),
+}
+flags.DEFINE_enum('study', 'robustness_cpu', list(STUDIES), 'Whose rows to time: the CPU '
+                  'table\'s equal-time rows (bench/robustness_cpu.py) or the AGKD-BML recipe '
+                  'study\'s (bench/recipe_study.py).')
+flags.DEFINE_list('timing_rows', [], 'Rows of the study to time; the first is the reference '
+                  '(default: the study\'s rows, AGKD-BML first).')
 flags.DEFINE_integer('steps', 8, 'Timed training steps per row and round.')
 flags.DEFINE_integer('rounds', 4, 'Rounds; each starts with a different row.')
 flags.DEFINE_string('dataset', 'folder:../shared/data/cifar10-jpeg',
@@ -73,8 +89,13 @@ def row_config(row):
 
 def main(argv):
   del argv
-  by_key = {r.key: r for r in robustness_cpu.ROWS}
-  rows = [by_key[k] for k in FLAGS.timing_rows]
+  study_rows, default_rows, name = STUDIES[FLAGS.study]
+  by_key = {r.key: r for r in study_rows}
+  unknown = [k for k in FLAGS.timing_rows if k not in by_key]
+  if unknown:
+    raise app.UsageError(f'unknown rows {unknown} of --study={FLAGS.study}; valid: '
+                         f'{", ".join(by_key)}')
+  rows = [by_key[k] for k in FLAGS.timing_rows or default_rows]
   configs = {r.key: row_config(r) for r in rows}
   batch = configs[rows[0].key].get('batch_size', 128)
   n = batch * (FLAGS.steps + 1) * 2
@@ -111,20 +132,22 @@ def main(argv):
   table = []
   for row in rows:
     c = configs[row.key]
-    table.append({'row': row.key, 'method': f'{row.name} K={c["attack_steps"]}',
+    method = row.name if FLAGS.study == 'recipe' else f'{row.name} K={c["attack_steps"]}'
+    table.append({'row': row.key, 'method': method,
                   'attack_steps': c['attack_steps'], 'img_per_s': statistics.median(ips[row.key]),
                   'time_ratio': statistics.median(ratios[row.key]),
                   'time_ratio_min': min(ratios[row.key]),
                   'time_ratio_max': max(ratios[row.key])})
-  common.write('equal_time_timing', table,
+  common.write(name, table,
                [('row', 'row'), ('method', 'method'), ('img/s (median)', 'img_per_s'),
-                ('time per image / AGKD-BML (median)', 'time_ratio'), ('min', 'time_ratio_min'),
+                (f'time per image / {rows[0].key} (median)', 'time_ratio'),
+                ('min', 'time_ratio_min'),
                 ('max', 'time_ratio_max')],
                notes=(f'Training steps of each row\'s recipe ({rows[0].flagfile} and the rows\' '
                       f'flagfiles), {batch} images a step, {FLAGS.steps} timed steps per row in '
                       f'each of {FLAGS.rounds} rotating rounds, float32, data {splits.name}. Time '
-                      'ratio = AGKD-BML img/s / the row\'s img/s in the same round: 1.0 is an '
-                      'equal epoch time.'))
+                      f'ratio = {rows[0].key} img/s / the row\'s img/s in the same round: 1.0 '
+                      'is an equal epoch time.'))
 
 
 if __name__ == '__main__':

@@ -216,6 +216,53 @@ def test_every_attention_and_metric_variant_runs_one_step(splits, attention, met
   assert images['attention/student_adv'].shape == (4, 8, 8, 1)
 
 
+def test_untargeted_variant_raises_the_true_class_loss_and_keeps_the_backward_attack(splits):
+  targeted, _ = _method(splits)
+  untargeted, _ = _method(splits, agkd_attack='untargeted')
+  x1, y1 = _batch(splits)
+  logits = lambda x: untargeted.network(x, training=False)['logits']
+  y_mc, x1_adv, _, x2_adv = untargeted.adversarial_batch(x1, y1)
+  assert (losses.cross_entropy(logits(x1_adv), y1).numpy().mean() >
+          losses.cross_entropy(logits(x1), y1).numpy().mean())
+  assert np.abs(x1_adv.numpy() - x1.numpy()).max() <= 8 / 255 + 1e-6
+  # Same weights and seeds: y_mc and the backward x2' are the official ones; only x1' differs.
+  y_mc_t, x1_adv_t, _, x2_adv_t = targeted.adversarial_batch(x1, y1)
+  np.testing.assert_array_equal(y_mc.numpy(), y_mc_t.numpy())
+  np.testing.assert_allclose(x2_adv.numpy(), x2_adv_t.numpy(), atol=1e-6)
+  assert np.abs(x1_adv.numpy() - x1_adv_t.numpy()).max() > 1e-3
+
+
+def test_trades_loss_variant_is_natural_ce_plus_beta_kl(splits):
+  method, _ = _method(splits, agkd_loss='trades', trades_beta=3.0, attention='none',
+                      metric='none')
+  x, y = _batch(splits, 8)
+  method.optimizer.iterations.assign(0)
+  terms, logits = method.compute_losses(x, y)
+  method.optimizer.iterations.assign(0)
+  _, x_adv, _, _ = method.adversarial_batch(x, tf.cast(y, tf.int32))
+  # The single BN-train pass of compute_losses over [x1', x1]: recompute it the same way.
+  z = method.network(tf.concat([x_adv, x], 0), training=True)['logits'].numpy().astype(np.float64)
+  z_adv, z_clean = z[:8], z[8:]
+  log_softmax = lambda v: v - np.log(np.exp(v - v.max(1, keepdims=True)).sum(1, keepdims=True)) - (
+      v.max(1, keepdims=True))
+  lp, lq = log_softmax(z_clean), log_softmax(z_adv)
+  ce = -lp[np.arange(8), y.numpy()].mean()
+  kl = (np.exp(lp) * (lp - lq)).sum(1).mean()
+  np.testing.assert_allclose(float(terms['lsce']), ce, rtol=1e-4)
+  np.testing.assert_allclose(float(terms['mart_kl']), 3.0 * kl, rtol=1e-3, atol=1e-6)
+  assert float(terms['mart_bce']) == 0.0
+  np.testing.assert_allclose(float(terms['loss']), ce + 3.0 * kl, rtol=1e-4)
+  np.testing.assert_allclose(logits['clean_accuracy'].numpy(), z_clean, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('name,value', [('agkd_loss', 'kl'), ('agkd_attack', 'both')])
+def test_unknown_variant_names_are_refused(splits, name, value):
+  with pytest.raises(ValueError, match=name):
+    _method(splits, **{name: value})
+  with pytest.raises(UserError, match=f'unknown {name}'):
+    train_lib.check_method_hparams(train_lib.TrainConfig(model_dir='x', **{name: value}))
+
+
 @pytest.fixture(scope='module')
 def teacher_run(tmp_path_factory, splits):
   path = str(tmp_path_factory.mktemp('teacher') / 'run')

@@ -93,13 +93,18 @@ def test_the_recipe_study_rows_share_one_footing():
       values = dict(l.strip()[2:].split('=', 1) for l in f if l.startswith('--'))
     rows[name] = values
   assert {'agkd_bml_k10.cfg', 'agkd_bml_k5.cfg', 'agkd_bml_k2.cfg', 'at10.cfg',
-          'at10_init_teacher.cfg', 'trades10.cfg', 'agkd_bml_k10_teacher_ls0.cfg'} <= set(rows)
+          'at10_init_teacher.cfg', 'trades10.cfg', 'agkd_bml_k10_teacher_ls0.cfg',
+          'agkd_bml_k10_trades.cfg', 'agkd_bml_k10_untargeted.cfg'} <= set(rows)
   reference = rows['agkd_bml_k10.cfg']
   for name, values in rows.items():
     assert {k: values.get(k) for k in footing} == {k: reference[k] for k in footing}, name
   assert reference['epochs'] == '12' and reference['lr_decay_epochs'] == '6,9'
   assert rows['agkd_bml_k10.cfg']['attack_steps'] == '10'
   assert rows['at10_init_teacher.cfg']['init_from'] == rows['agkd_bml_k10.cfg']['teacher_dir']
+  # Our variants change one flag of the official row each.
+  for name, change in (('agkd_bml_k10_trades.cfg', {'agkd_loss': 'trades', 'trades_beta': '6'}),
+                       ('agkd_bml_k10_untargeted.cfg', {'agkd_attack': 'untargeted'})):
+    assert rows[name] == {**reference, **change}, name
 
 
 def test_every_flagfile_parses_and_names_what_it_reproduces():

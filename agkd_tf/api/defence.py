@@ -77,7 +77,8 @@ def defend(network, method='agkd_bml', teacher=None, train_images=None, flip=Tru
     flip: whether horizontal flips are a valid augmentation (AGKD-BML's class-bank draws).
     **hparams: the method's hyper-parameters, named as the binary's flags (eps, step_size,
       attack_steps, label_smoothing, mart, mart_beta, attention, metric, metric_weight, margin,
-      norm_weight, trades_beta, attack_dtype, cat_loss) with the same defaults, and `seed`.
+      norm_weight, trades_beta, attack_dtype, cat_loss, agkd_loss, agkd_attack) with the same
+      defaults, and `seed`.
 
   Returns:
     A `keras.Model` (the method) whose `fit` trains `network`; call `compile(optimizer=...)`

@@ -35,6 +35,17 @@ Ablations (`--attention`, `--metric`, `--mart`):
   attack. `none`: no metric term and no backward attack.
   Without x2' the second attention term is dropped as well.
 
+Variants of ours, not the paper's (defaults: the official recipe):
+- `--agkd_loss=trades`: step 6's LSCE + MART is replaced by TRADES's CE(z(x1), y1)
+  + beta * KL(p(x1) || p(x1')) (beta = `--trades_beta`). Label smoothing is a known source of a
+  flat cross-entropy surface that makes PGD look stronger than it is against a smoothed model;
+  the TRADES term keeps the clean/adversarial consistency of MART without it. The attention and
+  metric terms are unchanged.
+- `--agkd_attack=untargeted`: x1' = untargeted CE PGD-K away from y1 (same start, eps, step and
+  K) in place of the targeted attack toward y_mc; y_mc still picks the backward samples x2 and the
+  false class of the attention maps. A targeted step pushes toward one class only, so K targeted
+  steps find a weaker x1' than the untargeted attack the evaluation uses.
+
 Randomness (PGD starts, bank draws) comes from stateless seeds derived from (run seed, optimiser
 step), generated for the global batch and sliced per replica, so a MirroredStrategy run draws
 exactly what a one-device run draws, and a resumed run draws what the uninterrupted one did.
@@ -50,6 +61,8 @@ from agkd_tf.methods import base
 
 ATTENTIONS = ('channel_sum', 'gradcam_orig', 'gradcam_false', 'cam_avg', 'none')
 METRICS = ('bml', 'sml', 'none')
+LOSSES = ('official', 'trades')  # --agkd_loss
+FORWARD_ATTACKS = ('targeted', 'untargeted')  # --agkd_attack
 _SEED_TAG = 0x41474B  # 'AGK'
 _PAD = 4  # The training augmentation's padding (random crop 32 with 4-pixel zero padding).
 
@@ -108,6 +121,13 @@ class AGKDBML(base.Method):
       raise ValueError(f'unknown attention "{self.attention_kind}"')
     if self.metric not in METRICS:
       raise ValueError(f'unknown metric "{self.metric}"')
+    self.loss_kind = config.get('agkd_loss', 'official')
+    self.forward_attack = config.get('agkd_attack', 'targeted')
+    if self.loss_kind not in LOSSES:
+      raise ValueError(f'unknown agkd_loss "{self.loss_kind}"; valid: {", ".join(LOSSES)}')
+    if self.forward_attack not in FORWARD_ATTACKS:
+      raise ValueError(f'unknown agkd_attack "{self.forward_attack}"; valid: '
+                       f'{", ".join(FORWARD_ATTACKS)}')
     if self.attention_kind != 'none' and teacher is None:
       raise ValueError('AGKD-BML attention distillation needs a teacher network')
     if self.metric != 'none' and class_bank is None:
@@ -149,10 +169,10 @@ class AGKDBML(base.Method):
 
   # --- the step ---------------------------------------------------------------------------------
 
-  def _targeted_pgd(self, x, target, stream):
+  def _pgd(self, x, target, stream, targeted=True):
     config = self.config
     return attacks.pgd(self.attack_logits, x, target,
-                       config.eps, config.step_size, config.attack_steps, targeted=True,
+                       config.eps, config.step_size, config.attack_steps, targeted=targeted,
                        start=self._uniform_start(x, stream))
 
   def draw_backward_samples(self, classes):
@@ -179,10 +199,15 @@ class AGKDBML(base.Method):
     return images, tf.gather(self.class_bank.labels, idx)
 
   def forward_adversarial(self, x1, y1):
-    """Steps 1-2: the most confusing labels and x1' = targeted PGD toward them."""
+    """Steps 1-2: the most confusing labels and x1' = targeted PGD toward them.
+
+    With `--agkd_attack=untargeted` (ours), x1' ascends the CE of y1 instead.
+    """
     logits = self.network(x1, training=False)['logits']
     y_mc = tf.stop_gradient(attacks.most_confusing_labels(logits, y1))
-    return y_mc, tf.stop_gradient(self._targeted_pgd(x1, y_mc, stream=1))
+    if self.forward_attack == 'untargeted':
+      return y_mc, tf.stop_gradient(self._pgd(x1, y1, stream=1, targeted=False))
+    return y_mc, tf.stop_gradient(self._pgd(x1, y_mc, stream=1))
 
   def adversarial_batch(self, x1, y1):
     """Steps 1-4: (y_mc, x1', x2, x2'); x2 and x2' are None when the metric does not need them."""
@@ -191,7 +216,7 @@ class AGKDBML(base.Method):
     if self.metric != 'none':
       x2, _ = self.draw_backward_samples(y_mc)
       if self.metric == 'bml':
-        x2_adv = tf.stop_gradient(self._targeted_pgd(x2, y1, stream=2))
+        x2_adv = tf.stop_gradient(self._pgd(x2, y1, stream=2))
     return y_mc, x1_adv, x2, x2_adv
 
   def _attention_maps(self, f_student, f_teacher, own_class, false_class, kind=None):
@@ -219,13 +244,21 @@ class AGKDBML(base.Method):
     emb = out['embedding']
     fmap = out['feature_map']
 
-    lsce = tf.reduce_mean(losses.cross_entropy(logits_adv, y1, self.num_classes,
-                                               config.label_smoothing))
     zero = tf.constant(0.0)
-    if config.get('mart', True):
-      bce, kl = losses.mart_terms(logits_clean, logits_adv, y1, config.get('mart_beta', 6.0))
+    if self.loss_kind == 'trades':
+      # Ours: TRADES's natural CE plus beta x KL(clean || adversarial) in place of LSCE + MART,
+      # logged under the same names (lsce: the CE term, mart_kl: the weighted KL).
+      lsce = tf.reduce_mean(losses.cross_entropy(logits_clean, y1, self.num_classes))
+      bce = zero
+      kl = config.get('trades_beta', 6.0) * tf.reduce_mean(
+          losses.kl_from_logits(logits_clean, logits_adv))
     else:
-      bce = kl = zero
+      lsce = tf.reduce_mean(losses.cross_entropy(logits_adv, y1, self.num_classes,
+                                                 config.label_smoothing))
+      if config.get('mart', True):
+        bce, kl = losses.mart_terms(logits_clean, logits_adv, y1, config.get('mart_beta', 6.0))
+      else:
+        bce = kl = zero
 
     attn = zero
     if self.attention_kind != 'none':

@@ -1,0 +1,365 @@
+r"""The AGKD-BML recipe study at CPU scale: which ingredient of the official recipe buys what.
+
+Wang et al., ICCV 2021 (AGKD-BML) train their student with K = 10 attack steps, from a natural
+teacher trained with label smoothing 0.5, for 200 epochs (lr x0.1 at 100 and 150). The CPU table
+(bench/robustness_cpu.py) ran AGKD-BML with K = 2, a teacher without smoothing and 8 cosine
+epochs. This driver trains one row per ingredient, all on the same footing (cnn-cpu, the same
+class-balanced 10,000 training images, 12 epochs, SGD 0.1 / 0.9 / 2e-4 with lr x0.1 at 50% and
+75% of the epochs: flags/bench_cpu/recipe/*.cfg), evaluates every row on the same 500 test images
+(clean, FGSM, PGD-20, CW-20 and AutoAttack), and tables them with each row's training cost:
+
+  - AGKD-BML K = 10 from the label-smoothing-0.5 teacher (the official recipe, scaled down);
+  - the K sweep (K = 5, K = 2) and the teacher's share (K = 10 from the teacher without smoothing);
+  - AT-10 and TRADES-10 from scratch, and AT-10 from the teacher (the initialisation's share);
+  - our variants of AGKD-BML K = 10 (flags whose defaults are the official recipe): the TRADES
+    term in place of LSCE + MART (--agkd_loss=trades) and an untargeted forward attack
+    (--agkd_attack=untargeted).
+
+Each row is one `python -m agkd_tf.train` and one `python -m agkd_tf.evaluate` subprocess, so the
+driver is resumable: a trained row (result.json) is not trained again, a killed training resumes
+from its last checkpoint, and an evaluation whose eval.json was made with the same settings is not
+repeated. `--max_minutes` ends a chunk cleanly before a time limit (the training resumes):
+
+  python bench/recipe_study.py --stages=train,eval --max_minutes=55   # one chunk; repeat
+  python bench/recipe_study.py --stages=table,readme                  # table and README block
+  python bench/recipe_study.py --stages=export                        # SavedModels to publish
+
+The table (bench/results/recipe_study.{md,json}) reads every figure from the runs' eval.json and
+result.json; rows not yet evaluated are listed as missing under it. The export stage writes each
+evaluated row's SavedModel under bench/results/models/recipe_<row>/, so anyone can re-evaluate it
+with `python -m agkd_tf.evaluate --saved_model=...` without training.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CFG = 'flags/bench_cpu/recipe/'
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  key: str
+  name: str
+  flagfile: str
+  teacher: str = ''  # The row whose run is this one's --teacher_dir.
+  init_from: str = ''  # The row whose run is this one's --init_from.
+  is_teacher: bool = False  # A natural teacher: evaluated on clean and PGD-20 only.
+  ours: bool = False  # A variant of ours, not the paper's recipe.
+  extra: tuple = ()  # More training flags (bench/equal_time.py reads them with the flagfile).
+
+
+ROWS = (
+    Row('teacher_ls05', 'natural teacher, label smoothing 0.5', _CFG + 'teacher_ls05.cfg',
+        is_teacher=True),
+    Row('teacher_ls0', 'natural teacher, label smoothing 0', 'flags/cifar10_natural_cpu.cfg',
+        is_teacher=True),
+    Row('agkd_bml_k10', 'AGKD-BML K=10, LS-0.5 teacher (official recipe)',
+        _CFG + 'agkd_bml_k10.cfg', teacher='teacher_ls05'),
+    Row('at10', 'AT-10 from scratch', _CFG + 'at10.cfg'),
+    Row('trades10', 'TRADES-10 from scratch', _CFG + 'trades10.cfg'),
+    Row('agkd_bml_k2', 'AGKD-BML K=2, LS-0.5 teacher', _CFG + 'agkd_bml_k2.cfg',
+        teacher='teacher_ls05'),
+    Row('agkd_bml_k5', 'AGKD-BML K=5, LS-0.5 teacher', _CFG + 'agkd_bml_k5.cfg',
+        teacher='teacher_ls05'),
+    Row('agkd_bml_k10_teacher_ls0', 'AGKD-BML K=10, LS-0 teacher',
+        _CFG + 'agkd_bml_k10_teacher_ls0.cfg', teacher='teacher_ls0'),
+    Row('at10_init_teacher', 'AT-10 from the LS-0.5 teacher', _CFG + 'at10_init_teacher.cfg',
+        init_from='teacher_ls05'),
+    # Our variants (flags of agkd_bml whose defaults are the official recipe).
+    Row('agkd_bml_k10_trades', 'AGKD-BML K=10, TRADES term for LSCE + MART',
+        _CFG + 'agkd_bml_k10_trades.cfg', teacher='teacher_ls05', ours=True),
+    Row('agkd_bml_k10_untargeted', 'AGKD-BML K=10, untargeted forward attack',
+        _CFG + 'agkd_bml_k10_untargeted.cfg', teacher='teacher_ls05', ours=True),
+)
+BY_KEY = {r.key: r for r in ROWS}
+STUDENT_ATTACKS = ['clean', 'fgsm', 'pgd20', 'cw20', 'aa']
+TEACHER_ATTACKS = ['clean', 'pgd20']
+
+def define_flags():
+  """The driver's flags; defined when it runs, so other scripts can import its rows."""
+  flags.DEFINE_list('rows', [r.key for r in ROWS], 'Rows to work on, in this order: ' +
+                    ', '.join(r.key for r in ROWS) + '.')
+  flags.DEFINE_list('stages', ['train', 'eval', 'table'], 'train, eval, table, readme and/or '
+                    'export. readme rewrites the README block between the recipe_study markers '
+                    'from the table\'s JSON; export writes the SavedModels to publish.')
+  flags.DEFINE_string('runs_dir', 'runs/recipe', 'One run directory per row under here.')
+  flags.DEFINE_integer('num_examples', 500, 'Class-balanced test images of every evaluation, '
+                       'AutoAttack included.')
+  flags.DEFINE_float('max_minutes', 0, 'Stop starting new work, and stop a training (it resumes '
+                     'from its checkpoint), after this many minutes; 0: no limit.')
+  flags.DEFINE_string('name', 'recipe_study', 'Result file name under --results_dir.')
+  flags.DEFINE_string('results_dir', common.RESULTS, 'Where the table goes.')
+  flags.DEFINE_string('models_dir', os.path.join(common.RESULTS, 'models'),
+                      'The export stage writes recipe_<row>/ under here.')
+  flags.DEFINE_string('readme', os.path.join(ROOT, 'README.md'),
+                      'The README the readme stage edits.')
+  flags.DEFINE_list('train_flags', [], 'More flags for every training, e.g. --max_steps=2.')
+  flags.DEFINE_list('eval_flags', [], 'More flags for every evaluation.')
+
+
+FLAGS = flags.FLAGS
+
+_START = [time.time()]  # When main() began: --max_minutes counts from there.
+
+
+def run_dir(row):
+  return os.path.join(FLAGS.runs_dir, row.key)
+
+
+def _trained(row):
+  return os.path.isfile(os.path.join(run_dir(row), 'result.json'))
+
+
+def _minutes_left():
+  if not FLAGS.max_minutes:
+    return None
+  return FLAGS.max_minutes - (time.time() - _START[0]) / 60
+
+
+def _out_of_time():
+  left = _minutes_left()
+  return left is not None and left <= 0
+
+
+def _call(cmd, log_path):
+  """Runs one binary, its output appended to log_path; (exit code or None if stopped, seconds)."""
+  print(f'$ {" ".join(cmd)}  (log: {log_path})', flush=True)
+  left = _minutes_left()
+  start = time.time()
+  with open(log_path, 'a') as log:
+    log.write(f'\n$ {" ".join(cmd)}\n')
+    log.flush()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+      code = proc.wait(timeout=None if left is None else max(left, 0) * 60)
+    except subprocess.TimeoutExpired:
+      # SIGTERM: the binary stops like a preempted job; the training resumes from its last
+      # checkpoint on the next call, and an unfinished evaluation writes no eval.json.
+      proc.terminate()
+      proc.wait()
+      code = None
+  return code, time.time() - start
+
+
+def command_line(row):
+  """The training command of a row: its flagfile, with the teacher and start from runs_dir."""
+  cmd = [sys.executable, '-m', 'agkd_tf.train', f'--flagfile={row.flagfile}',
+         f'--model_dir={run_dir(row)}', '--verbose=2']
+  if row.teacher:
+    cmd.append(f'--teacher_dir={run_dir(BY_KEY[row.teacher])}')
+  if row.init_from:
+    cmd.append(f'--init_from={run_dir(BY_KEY[row.init_from])}')
+  return cmd + list(FLAGS.train_flags)
+
+
+def train(row):
+  if _trained(row):
+    print(f'{row.key}: trained already ({run_dir(row)})')
+    return True
+  needs = [k for k in (row.teacher, row.init_from) if k and not _trained(BY_KEY[k])]
+  if needs:
+    print(f'{row.key}: needs {", ".join(needs)} trained first; skipped')
+    return False
+  if _out_of_time():
+    return False
+  os.makedirs(run_dir(row), exist_ok=True)
+  code, seconds = _call(command_line(row), os.path.join(run_dir(row), 'train.log'))
+  print(f'{row.key}: training ' + ('stopped at the time limit' if code is None else
+                                   f'exit {code}') + f' after {seconds:.0f} s', flush=True)
+  return code == 0
+
+
+def eval_settings(row):
+  return {'attacks': TEACHER_ATTACKS if row.is_teacher else STUDENT_ATTACKS,
+          'num_examples': FLAGS.num_examples, 'eval_flags': list(FLAGS.eval_flags)}
+
+
+def evaluate(row):
+  out = os.path.join(run_dir(row), 'eval_study')
+  settings = eval_settings(row)
+  settings_path = os.path.join(out, 'settings.json')
+  if os.path.isfile(os.path.join(out, 'eval.json')) and os.path.isfile(settings_path):
+    with open(settings_path) as f:
+      if json.load(f) == settings:
+        print(f'{row.key}: evaluated already ({out})')
+        return True
+  if not _trained(row):
+    print(f'{row.key}: not trained yet; evaluation skipped')
+    return False
+  if _out_of_time():
+    return False
+  os.makedirs(out, exist_ok=True)
+  cmd = [sys.executable, '-m', 'agkd_tf.evaluate', f'--model_dir={run_dir(row)}',
+         f'--output_dir={out}', f'--attacks={",".join(settings["attacks"])}',
+         f'--num_examples={FLAGS.num_examples}', f'--aa_examples={FLAGS.num_examples}',
+         '--knn=false', '--verbose=0', *FLAGS.eval_flags]
+  code, seconds = _call(cmd, os.path.join(out, 'evaluate.log'))
+  print(f'{row.key}: evaluation ' + ('stopped at the time limit' if code is None else
+                                     f'exit {code}') + f' after {seconds:.0f} s', flush=True)
+  if code == 0:
+    # Written last, so a killed evaluation is never mistaken for a finished one.
+    with open(settings_path, 'w') as f:
+      json.dump(settings, f)
+  return code == 0
+
+
+def _pct(value):
+  return None if value is None else round(float(value), 2)
+
+
+def table_row(row):
+  """The row's figures from its run's files, or None when it is not trained and evaluated."""
+  try:
+    with open(os.path.join(run_dir(row), 'result.json')) as f:
+      result = json.load(f)
+    with open(os.path.join(run_dir(row), 'eval_study', 'eval.json')) as f:
+      ev = json.load(f)
+    with open(os.path.join(run_dir(row), 'flags.json')) as f:
+      run_flags = json.load(f)
+  except OSError:
+    return None
+  from agkd_tf import evaluate_lib  # pylint: disable=g-import-not-at-top
+  acc = ev['accuracy']
+  out = {'row': row.key, 'method': row.name + (' (ours)' if row.ours else ''),
+         'attack_steps': None if row.is_teacher else run_flags.get('attack_steps'),
+         'teacher': row.teacher or None, 'init_from': row.init_from or None,
+         'aa_n': ev.get('aa_examples') if 'aa' in acc else None,
+         'train_examples': result.get('train_examples'), 'epochs': result.get('epochs'),
+         'masking': '; '.join(evaluate_lib.masking_flags(acc, ev)) or 'none'}
+  for key in STUDENT_ATTACKS:
+    out[key] = _pct(acc.get(key))
+  ips = result.get('images_per_sec')
+  out['sec_per_epoch'] = (round(result['train_examples'] / ips, 1)
+                          if ips and result.get('train_examples') else None)
+  out['wall_seconds'] = result.get('wall_seconds')
+  return out
+
+
+def _timing():
+  """{row: time per image / AGKD-BML K=10} from bench/equal_time.py --study=recipe, if run."""
+  try:
+    with open(os.path.join(FLAGS.results_dir, f'{FLAGS.name}_timing.json')) as f:
+      timing = json.load(f)
+    return timing, {r['row']: r['time_ratio'] for r in timing['rows']}
+  except (OSError, ValueError, KeyError):
+    return None, {}
+
+
+def table():
+  rows, missing = [], []
+  timing, ratios = _timing()
+  for key in FLAGS.rows:
+    figures = table_row(BY_KEY[key])
+    if figures is None:
+      missing.append(key)
+      continue
+    figures['time_ratio'] = _pct(ratios.get(key))
+    rows.append(figures)
+  columns = [('row', 'row'), ('method', 'method'), ('K', 'attack_steps'), ('clean', 'clean'),
+             ('FGSM', 'fgsm'), ('PGD-20', 'pgd20'), ('CW-20', 'cw20'), ('AA', 'aa'),
+             ('AA images', 'aa_n'), ('train s/epoch', 'sec_per_epoch'),
+             ('time per image / AGKD-BML K=10, same process', 'time_ratio'),
+             ('masking flags', 'masking')]
+  notes = (f'Accuracy (%) under L-inf eps = 8/255 on {FLAGS.num_examples} class-balanced shared '
+           'CIFAR-10 JPEG test images, AutoAttack (standard) on the same images. Every row '
+           'trains cnn-cpu on the same class-balanced 10,000-image subset for 12 epochs, SGD lr '
+           '0.1, momentum 0.9, weight decay 2e-4, lr x0.1 after epochs 6 and 9 '
+           '(flags/bench_cpu/recipe/); the teachers train on all 50,000 images for 12 epochs. '
+           f'Runs in {FLAGS.runs_dir}. "train s/epoch" is each run\'s own, possibly on a shared '
+           'machine; the same-process ratio is bench/equal_time.py --study=recipe' +
+           (f' ({timing["date"]})' if timing else ' (not run yet)') + '.')
+  if missing:
+    notes += ' Not yet trained and evaluated: ' + ', '.join(missing) + '.'
+  common.RESULTS = FLAGS.results_dir
+  common.write(FLAGS.name, rows, columns, notes=notes, extra={'missing': missing})
+
+
+README_BEGIN = '<!-- recipe_study:begin (written by bench/recipe_study.py --stages=readme) -->'
+
+
+def readme():
+  """Rewrites the README's recipe_study block from results_dir/<name>.json."""
+  with open(os.path.join(FLAGS.results_dir, f'{FLAGS.name}.json')) as f:
+    result = json.load(f)
+  cell = lambda v: '-' if v is None else f'{v:.2f}' if isinstance(v, float) else str(v)
+  lines = ['| row | K | clean | PGD-20 | CW-20 | AA (images) | train s/epoch | '
+           'time / AGKD-BML K=10 | masking flags |', '|---|---|---|---|---|---|---|---|---|']
+  for r in result['rows']:
+    masking = '; '.join(f.split(': ')[0] for f in r['masking'].split('; ')) if (
+        r['masking'] != 'none') else 'none'
+    lines.append(f'| {r["method"]} | {cell(r.get("attack_steps"))} | ' + ' | '.join(
+        cell(r.get(k)) for k in ('clean', 'pgd20', 'cw20')) +
+        f' | {cell(r.get("aa"))} ({cell(r.get("aa_n"))}) | {cell(r.get("sec_per_epoch"))} | '
+        f'{cell(r.get("time_ratio"))} | {masking} |')
+  if result.get('missing'):
+    lines += ['', 'Not yet trained and evaluated: ' + ', '.join(
+        f'`{k}`' for k in result['missing']) + '.']
+  lines += ['', f'Written from bench/results/{FLAGS.name}.json ({result["date"]}); '
+            'command: `python bench/recipe_study.py --stages=train,eval,table,readme`.']
+  common.readme_block('recipe_study', lines, FLAGS.readme)
+  print(f'{FLAGS.readme}: recipe_study block rewritten ({len(result["rows"])} rows)')
+
+
+def export(row):
+  """Exports an evaluated row's SavedModel to models_dir/recipe_<row>/ (replacing an old one)."""
+  if table_row(row) is None:
+    print(f'{row.key}: not trained and evaluated yet; not exported')
+    return False
+  dest = os.path.join(FLAGS.models_dir, f'recipe_{row.key}')
+  tmp = dest + '.tmp'
+  shutil.rmtree(tmp, ignore_errors=True)
+  exported = os.path.join(run_dir(row), 'export')
+  if os.path.isfile(os.path.join(exported, 'saved_model.pb')):
+    # The SavedModel the training wrote at its end, from the final weights it evaluated.
+    shutil.copytree(exported, tmp)
+  else:
+    code, _ = _call([sys.executable, '-m', 'agkd_tf.export', f'--model_dir={run_dir(row)}',
+                     f'--export_dir={tmp}'], os.path.join(run_dir(row), 'export.log'))
+    if code != 0:
+      shutil.rmtree(tmp, ignore_errors=True)
+      print(f'{row.key}: export failed (log: {run_dir(row)}/export.log)')
+      return False
+  shutil.rmtree(dest, ignore_errors=True)
+  os.replace(tmp, dest)
+  print(f'{row.key}: exported to {dest}')
+  return True
+
+
+def main(argv):
+  del argv
+  _START[0] = time.time()
+  unknown = [k for k in FLAGS.rows if k not in BY_KEY]
+  if unknown:
+    raise app.UsageError(f'unknown rows {unknown}; valid: {", ".join(BY_KEY)}')
+  for key in FLAGS.rows:
+    row = BY_KEY[key]
+    if 'train' in FLAGS.stages and not train(row) or 'eval' in FLAGS.stages and not evaluate(
+        row):
+      if _out_of_time():
+        print(f'--max_minutes={FLAGS.max_minutes:g} reached; rerun to go on')
+        break
+  if 'table' in FLAGS.stages:
+    table()
+  if 'readme' in FLAGS.stages:
+    readme()
+  if 'export' in FLAGS.stages:
+    for key in FLAGS.rows:
+      export(BY_KEY[key])
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

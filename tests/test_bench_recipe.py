@@ -1,0 +1,146 @@
+"""The AGKD-BML recipe study driver (bench/recipe_study.py) and its equal-time timing.
+
+The driver must train each row from its flagfile with the teacher and start taken from the study's
+own runs, wait for a teacher instead of failing, stop at its time limit so a chunk can resume,
+table only figures its runs wrote, and publish each evaluated row's SavedModel. The end-to-end
+test runs the real binaries on the shared CIFAR-10 folder, shrunk to a few steps and images.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+sys.path.insert(0, REPO)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from bench import recipe_study
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+_DRIVER = os.path.join(REPO, 'bench', 'recipe_study.py')
+
+
+def _driver(tmp_path, *args):
+  return subprocess.run(
+      [sys.executable, _DRIVER, f'--runs_dir={tmp_path / "runs"}',
+       f'--results_dir={tmp_path / "results"}', f'--models_dir={tmp_path / "models"}',
+       '--name=study', *args], cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+def _flag_values(flagfile):
+  with open(os.path.join(REPO, flagfile)) as f:
+    return dict(l.strip()[2:].split('=', 1) for l in f if l.startswith('--'))
+
+
+def test_rows_name_their_flagfiles_teachers_and_starts_consistently():
+  keys = [r.key for r in recipe_study.ROWS]
+  assert len(keys) == len(set(keys))
+  assert {'teacher_ls05', 'teacher_ls0', 'agkd_bml_k10', 'agkd_bml_k5', 'agkd_bml_k2',
+          'agkd_bml_k10_teacher_ls0', 'at10', 'at10_init_teacher', 'trades10',
+          'agkd_bml_k10_trades', 'agkd_bml_k10_untargeted'} == set(keys)
+  for i, row in enumerate(recipe_study.ROWS):
+    values = _flag_values(row.flagfile)
+    for dep, flag in ((row.teacher, 'teacher_dir'), (row.init_from, 'init_from')):
+      if dep:
+        # The dependency is a teacher row listed earlier, so one pass in order trains it first,
+        # and the flagfile's own path (for users running it by hand) names the same run.
+        assert recipe_study.BY_KEY[dep].is_teacher and keys.index(dep) < i, row.key
+    if row.teacher == 'teacher_ls05':
+      assert values['teacher_dir'] == 'runs/recipe/teacher_ls05', row.key
+    if row.init_from:
+      assert values['init_from'] == f'runs/recipe/{row.init_from}', row.key
+    assert row.ours == ('agkd_loss' in values or 'agkd_attack' in values), row.key
+  # The two teachers differ in their label smoothing only.
+  assert _flag_values('flags/bench_cpu/recipe/teacher_ls05.cfg') == {
+      'flagfile': recipe_study.BY_KEY['teacher_ls0'].flagfile, 'label_smoothing': '0.5'}
+  assert _flag_values(recipe_study.BY_KEY['teacher_ls0'].flagfile)['label_smoothing'] == '0.0'
+
+
+def test_equal_time_reads_a_recipe_rows_method_settings():
+  # pylint: disable=g-import-not-at-top
+  from bench import equal_time
+  # pylint: enable=g-import-not-at-top
+  trades = equal_time.row_config(recipe_study.BY_KEY['agkd_bml_k10_trades'])
+  assert trades['method'] == 'agkd_bml' and trades['agkd_loss'] == 'trades'
+  assert trades['attack_steps'] == 10 and trades['trades_beta'] == 6.0
+  assert 'teacher_dir' not in trades and 'epochs' not in trades
+  at = equal_time.row_config(recipe_study.BY_KEY['at10_init_teacher'])
+  assert at['method'] == 'at' and 'init_from' not in at
+  assert equal_time.STUDIES['recipe'][1][0] == 'agkd_bml_k10'  # The study's reference row.
+  proc = subprocess.run([sys.executable, os.path.join(REPO, 'bench', 'equal_time.py'),
+                         '--study=recipe', '--timing_rows=agkd_bml_k10,um'], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and "unknown rows ['um'] of --study=recipe" in proc.stderr
+
+
+def test_a_time_limit_stops_the_running_binary_and_the_next_rows(tmp_path):
+  script = (
+      'import sys, time\n'
+      f'sys.path.insert(0, {REPO!r})\n'
+      'from bench import recipe_study as r\n'
+      'r.define_flags()\n'
+      'r.FLAGS(["x", "--max_minutes=0.02"])\n'
+      'start = time.time()\n'
+      f'code, _ = r._call(["sleep", "60"], {str(tmp_path / "log")!r})\n'
+      'print(code, round(time.time() - start))\n')
+  proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  code, seconds = proc.stdout.splitlines()[-1].split()
+  assert code == 'None' and int(seconds) < 10
+  assert '$ sleep 60' in (tmp_path / 'log').read_text()
+  # The first row's training is stopped (it resumes next time); no later row is started.
+  proc = _driver(tmp_path, '--max_minutes=0.05', '--stages=train,eval')
+  assert proc.returncode == 0, proc.stderr
+  assert 'teacher_ls05: training stopped at the time limit' in proc.stdout
+  assert proc.stdout.rstrip().endswith('--max_minutes=0.05 reached; rerun to go on')
+  assert os.listdir(tmp_path / 'runs') == ['teacher_ls05']
+
+
+def test_driver_trains_evaluates_tables_publishes_and_resumes(tmp_path, shared_cifar):
+  del shared_cifar
+  readme = tmp_path / 'README.md'
+  readme.write_text(f'intro\n{recipe_study.README_BEGIN}\nstale\n<!-- recipe_study:end -->\n'
+                    'outro\n')
+  args = ['--rows=teacher_ls05,agkd_bml_k2,at10_init_teacher',
+          '--train_flags=--train_examples=100,--test_examples=100,--max_steps=2,'
+          '--batch_size=16,--eval_examples=20,--checkpoint_every_steps=1',
+          '--num_examples=20', f'--readme={readme}']
+  # AGKD-BML waits for its teacher: with the teacher not yet trained, it is skipped.
+  proc = _driver(tmp_path, '--rows=agkd_bml_k2', '--stages=train', *args[1:])
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert 'agkd_bml_k2: needs teacher_ls05 trained first; skipped' in proc.stdout
+  proc = _driver(tmp_path, *args, '--stages=train,eval')
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  runs = tmp_path / 'runs'
+  # The student's teacher and the start are the study's own runs, not the flagfile's paths.
+  student_flags = json.loads((runs / 'agkd_bml_k2' / 'flags.json').read_text())
+  assert student_flags['teacher_dir'] == str(runs / 'teacher_ls05')
+  assert json.loads((runs / 'at10_init_teacher' / 'flags.json').read_text())['init_from'] == (
+      str(runs / 'teacher_ls05'))
+  teacher_eval = json.loads((runs / 'teacher_ls05' / 'eval_study' / 'eval.json').read_text())
+  assert set(teacher_eval['accuracy']) >= {'clean', 'pgd20'}
+  assert 'aa' not in teacher_eval['accuracy']  # Teachers: clean and PGD-20 only.
+  student_eval = json.loads((runs / 'agkd_bml_k2' / 'eval_study' / 'eval.json').read_text())
+  assert set(student_eval['accuracy']) >= {'clean', 'fgsm', 'pgd20', 'cw20', 'aa'}
+
+  proc = _driver(tmp_path, *args, '--stages=train,eval,table,readme,export')
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert 'teacher_ls05: trained already' in proc.stdout
+  assert 'agkd_bml_k2: trained already' in proc.stdout
+  assert 'agkd_bml_k2: evaluated already' in proc.stdout
+  table = json.loads((tmp_path / 'results' / 'study.json').read_text())
+  assert table['missing'] == []
+  by_row = {r['row']: r for r in table['rows']}
+  assert by_row['agkd_bml_k2']['aa'] == round(student_eval['accuracy']['aa'], 2)
+  assert by_row['agkd_bml_k2']['attack_steps'] == 2 and by_row['teacher_ls05']['attack_steps'] \
+      is None
+  assert by_row['at10_init_teacher']['train_examples'] == 100
+  text = readme.read_text()
+  assert text.startswith('intro\n') and text.endswith('outro\n') and 'stale' not in text
+  assert '| AGKD-BML K=2, LS-0.5 teacher | 2 |' in text
+  for key in ('teacher_ls05', 'agkd_bml_k2', 'at10_init_teacher'):
+    assert (tmp_path / 'models' / f'recipe_{key}' / 'saved_model.pb').is_file(), key
+  assert not list((tmp_path / 'models').glob('*.tmp'))
