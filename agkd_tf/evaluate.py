@@ -13,6 +13,7 @@ from absl import flags
 import agkd_tf  # pylint: disable=unused-import  (selects the Keras backend first)
 from agkd_tf import quiet_tensorflow  # pylint: disable=unused-import  (before TensorFlow)
 from agkd_tf import errors
+from agkd_tf import eval_report
 from agkd_tf import evaluate_lib
 from agkd_tf import flags as agkd_flags
 
@@ -34,8 +35,8 @@ def main(argv):
     result = evaluate_lib.evaluate(config_from_flags())
   except evaluate_lib.IntegrityError as e:
     raise errors.UserError(f'integrity check failed, no result written: {e}') from None
-  print(evaluate_lib.table_header())
-  print(evaluate_lib.table_row(result['model'], result['accuracy']))
+  print(eval_report.table_header())
+  print(eval_report.table_row(result['model'], result['accuracy']))
 
 
 if __name__ == '__main__':

@@ -29,28 +29,11 @@ import tensorflow as tf
 
 from agkd_tf import attacks as attacks_lib
 from agkd_tf import data as data_lib
-from agkd_tf import export_lib
+from agkd_tf import eval_report
 from agkd_tf import io_utils
+from agkd_tf import masking
+from agkd_tf import run_dir
 from agkd_tf.errors import UserError
-
-TABLE_COLUMNS = (('clean', 'clean'), ('fgsm', 'FGSM'), ('bim10', 'BIM(10)'), ('pgd10', 'PGD(10)'),
-                 ('pgd20', 'PGD(20)'), ('cw10', 'CW(10)'), ('cw20', 'CW(20)'),
-                 ('mim40', 'MIM(40)'), ('aa', 'AA'))
-DEFAULT_ATTACKS = tuple(c for c, _ in TABLE_COLUMNS)
-# How far below PGD-20 a stronger attack may land before we call the numbers suspicious
-# (percentage points). For models without masking, AA is typically 1-4 points below PGD-20.
-MASKING_GAP = 5.0
-RESTART_GAP = 3.0
-# CW-20 within this many points of AA: the PGD-AA gap is the cross-entropy loss's, not the
-# gradients' (see _margin_diagnosis).
-MARGIN_AGREEMENT = 2.0
-# "An unbounded attack should approach 0%" (Carlini et al. 2019, "On Evaluating Adversarial
-# Robustness"): PGD-20 at eps = 64/255, a quarter of the pixel range, is as good as unbounded for
-# CIFAR-scale images and breaks every honest model. Twice the training eps is not: at 16/255 our
-# CPU-scale AT model keeps 12.6%, as AT models do, so the sweep's last point is no such test.
-LARGE_EPS = 64 / 255
-LARGE_EPS_LIMIT = 5.0
-
 
 class IntegrityError(RuntimeError):
   """An adversarial batch broke the threat model; the evaluation must not report it."""
@@ -63,7 +46,7 @@ class EvalConfig:
   saved_model: Optional[str] = None
   dataset: Optional[str] = None
   data_dir: Optional[str] = None
-  attacks: Sequence[str] = DEFAULT_ATTACKS
+  attacks: Sequence[str] = eval_report.DEFAULT_ATTACKS
   eps: float = 8 / 255
   num_examples: int = 1000
   aa_examples: int = 0
@@ -105,7 +88,7 @@ def load_model(model_dir=None, saved_model=None):
   if bool(model_dir) == bool(saved_model):
     raise UserError('give exactly one of --model_dir (a run of ours) or --saved_model')
   if model_dir:
-    network, spec = export_lib.load_network(model_dir)
+    network, spec = run_dir.load_network(model_dir)
     step = 0
     result_path = os.path.join(model_dir, 'result.json')
     if os.path.isfile(result_path):
@@ -272,117 +255,6 @@ def _pct(v):
   return None if v is None else 100.0 * float(v)
 
 
-def _margin_diagnosis(acc, extra):
-  """Says whether CW-20 (margin loss) sees what PGD-20 (cross-entropy) misses.
-
-  A cross-entropy-only gap (the margin attack already lands near AutoAttack with the same 20
-  steps) means that the training loss flattened cross-entropy, as MART's and the AutoAttack
-  paper's reported-vs-AA gaps show; the gradients still lead somewhere. When the margin attack
-  is fooled too, no plain white-box gradient attack is trustworthy on that model. Only said when
-  CW-20 ran on the same images as AutoAttack.
-  """
-  cw20 = acc.get('cw20')
-  if cw20 is None or 'pgd20_on_aa_examples' in extra:
-    return ''
-  if cw20 - acc['aa'] <= MARGIN_AGREEMENT:
-    return (f'; CW-20, a margin loss with the same 20 steps, reaches {cw20:.2f}%, so the gap is '
-            'specific to the cross-entropy loss: report CW-20 and AA, not PGD')
-  return (f'; CW-20 ({cw20:.2f}%) is also {cw20 - acc["aa"]:.2f} points above AA, so the margin '
-          'loss is fooled as well')
-
-
-def masking_flags(acc, extra):
-  """Gradient-masking diagnostics from accuracies in percent.
-
-  Args:
-    acc: {attack: accuracy %}, as eval.json's 'accuracy'.
-    extra: the other diagnostics, as the rest of eval.json; missing ones are not checked.
-
-  Returns:
-    A list of sentences, empty when nothing looks masked.
-  """
-  flags = []
-  pgd20 = acc.get('pgd20')
-  # AutoAttack may run on the first --aa_examples only: compare it with PGD-20 on those same
-  # points, not on the whole subset (a different sample would fake or hide a gap).
-  pgd20_aa = extra.get('pgd20_on_aa_examples', pgd20)
-  if pgd20_aa is not None and acc.get('aa') is not None and acc['aa'] < pgd20_aa - MASKING_GAP:
-    where = (f' on the same {extra["aa_examples"]} images'
-             if 'pgd20_on_aa_examples' in extra else '')
-    flags.append(f'AutoAttack ({acc["aa"]:.2f}%) is {pgd20_aa - acc["aa"]:.2f} points below '
-                 f'PGD-20 ({pgd20_aa:.2f}%){where}: PGD is being fooled, a sign of gradient '
-                 f'masking{_margin_diagnosis(acc, extra)}')
-  for key, label in (('pgd20_restarts', 'PGD-20 with 5 restarts'), ('pgd100', 'PGD-100')):
-    value = extra.get(key, acc.get(key))
-    if pgd20 is not None and value is not None and value < pgd20 - RESTART_GAP:
-      flags.append(f'{label} ({value:.2f}%) is {pgd20 - value:.2f} points below PGD-20: a single '
-                   'PGD-20 run is far from converged (masked or noisy gradients)')
-  white = [acc[k] for k in ('fgsm', 'bim10', 'pgd10', 'pgd20', 'cw10', 'cw20', 'mim40')
-           if acc.get(k) is not None]
-  if white and extra.get('transfer_pgd20') is not None and extra['transfer_pgd20'] < min(white):
-    flags.append(f'the black-box transfer attack ({extra["transfer_pgd20"]:.2f}%) beats every '
-                 f'white-box attack (best {min(white):.2f}%): white-box gradients are masked')
-  for warning in extra.get('aa_warnings', []):
-    if 'square' in warning.lower():
-      flags.append(f'AutoAttack: {warning}')
-  sweep = extra.get('eps_sweep')
-  if sweep:
-    values = [v for _, v in sorted(sweep.items(), key=lambda kv: float(kv[0]))]
-    if any(b > a + 1.0 for a, b in zip(values, values[1:])):
-      flags.append('PGD-20 accuracy does not decrease as eps grows '
-                   f'({", ".join(f"{v:.1f}%" for v in values)}): masked gradients')
-  large = extra.get('pgd20_large_eps')
-  if large is not None and large > LARGE_EPS_LIMIT:
-    flags.append(f'PGD-20 accuracy at eps = {extra.get("large_eps", LARGE_EPS) * 255:.0f}/255 is '
-                 f'still {large:.1f}%: an all but unbounded attack should approach 0%')
-  if extra.get('random_outputs'):
-    flags.append('the model gives different outputs for the same input across passes '
-                 '(randomised defence): use EOT attacks (--aa_version=rand)')
-  return flags
-
-
-def eps_plot(curves, path, title):
-  """Saves PGD-20 accuracy against eps, one line per `curves` entry ({name: eps_sweep})."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(4.5, 3.2) if len(curves) < 2 else (6.5, 4.2))
-  for name, sweep in curves.items():
-    items = sorted((float(k), v) for k, v in sweep.items())
-    ax.plot([k * 255 for k, _ in items], [v for _, v in items], 'o-', label=name)
-  if len(curves) > 1:
-    ax.legend(fontsize=7, ncol=2)
-  ax.set_xlabel('eps (x/255)')
-  ax.set_ylabel('PGD-20 accuracy (%)')
-  ax.set_ylim(0, 100)
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def table_row(name, accuracies):
-  """One Markdown row in Table 1's layout (percentages, '-' where not evaluated)."""
-  cells = [name] + ['-' if accuracies.get(k) is None else f'{accuracies[k]:.2f}'
-                    for k, _ in TABLE_COLUMNS]
-  return '| ' + ' | '.join(cells) + ' |'
-
-
-def table_header():
-  return ('| model | ' + ' | '.join(h for _, h in TABLE_COLUMNS) + ' |\n|' +
-          '---|' * (len(TABLE_COLUMNS) + 1))
-
-
-def _write_summaries(model_dir, values, step):
-  writer = tf.summary.create_file_writer(os.path.join(model_dir, 'summaries', 'eval'))
-  with writer.as_default(step=step):
-    for k, v in values.items():
-      if v is not None:
-        tf.summary.scalar(f'eval/{k}', v / 100.0)
-  writer.flush()
-
-
 def check_config(config: EvalConfig):
   """Raises UserError for attack names, backend, AutoAttack version or eps out of range."""
   for name in config.attacks:
@@ -440,10 +312,10 @@ def evaluate(config: EvalConfig):
                                            output_dir, config.seed)
   io_utils.write_json_atomic(os.path.join(output_dir, 'eval.json'), result)
   with open(os.path.join(output_dir, 'eval.md.tmp'), 'w') as f:
-    f.write(markdown(result))
+    f.write(eval_report.markdown(result))
   os.replace(os.path.join(output_dir, 'eval.md.tmp'), os.path.join(output_dir, 'eval.md'))
   if config.model_dir:
-    _write_summaries(config.model_dir, result['accuracy'], model.step)
+    eval_report.write_summaries(config.model_dir, result['accuracy'], model.step)
   return result
 
 
@@ -484,7 +356,7 @@ def assess(model, x, y, config, dataset, output_dir=None):
     _masking_checks(runner, config, acc, extra, model.name, output_dir)
   if config.transfer_from:
     _transfer(runner, config, extra)
-  flags = masking_flags(acc, extra) if config.masking_checks else []
+  flags = masking.masking_flags(acc, extra) if config.masking_checks else []
   for flag in flags:
     log(f'WARNING (gradient masking?): {flag}')
   result = {
@@ -538,10 +410,10 @@ def _masking_checks(runner, config, acc, extra, name, output_dir):
     sweep[f'{e:.6f}'] = _pct(correct.mean())
   extra['eps_sweep'] = sweep
   if output_dir:
-    eps_plot({name: sweep}, os.path.join(output_dir, 'eps_sweep.png'), name)
-  step = attacks_lib.DEFAULT_STEP_SIZE * LARGE_EPS / config.eps
-  (correct, _), _ = runner.attack('pgd20', eps=LARGE_EPS, step_size=step)
-  extra['large_eps'] = LARGE_EPS
+    masking.eps_plot({name: sweep}, os.path.join(output_dir, 'eps_sweep.png'), name)
+  step = attacks_lib.DEFAULT_STEP_SIZE * masking.LARGE_EPS / config.eps
+  (correct, _), _ = runner.attack('pgd20', eps=masking.LARGE_EPS, step_size=step)
+  extra['large_eps'] = masking.LARGE_EPS
   extra['pgd20_large_eps'] = _pct(correct.mean())
 
 
@@ -556,26 +428,3 @@ def _transfer(runner, config, extra):
       for i in range(0, len(x_src), 256)])
   extra['transfer_pgd20'] = _pct((preds == runner.y).mean())
   extra['transfer_source'] = config.transfer_from
-
-
-def markdown(result):
-  """The report of `assess` (or eval.json) as the Markdown of eval.md."""
-  acc, flags = result['accuracy'], result['masking_flags']
-  aa_note = (f', AA on the first {result["aa_examples"]}' if 'aa_examples' in result else '')
-  md = [f'# Evaluation of {result["model"]}', '',
-        f'{result["dataset"]}, eps = {result["eps"] * 255:.1f}/255, {result["num_examples"]} '
-        f'class-balanced test images{aa_note}, {result["attack_backend"]} attacks. Accuracy in %.',
-        '', table_header(), table_row(result['model'], acc), '']
-  if 'aa' in result:
-    aa = result['aa']
-    md += ['AutoAttack components (points each removed):', '']
-    md += [f'- {k}: {v} of {aa["attacked"].get(k, 0)} attacked, '
-           f'{aa["time_s"].get(k, 0):.1f} s' for k, v in aa['flipped'].items()]
-    if 'pgd20_on_aa_examples' in result:
-      md += ['', f'On the {result["aa_examples"]} AutoAttack images: clean '
-             f'{result["clean_on_aa_examples"]:.2f}%, PGD-20 '
-             f'{result["pgd20_on_aa_examples"]:.2f}%, AA {acc["aa"]:.2f}%.']
-    md.append('')
-  md += ['Gradient-masking diagnostics: ' + ('none flagged.' if not flags else ''), '']
-  md += [f'- {f}' for f in flags]
-  return '\n'.join(md) + '\n'

@@ -13,8 +13,7 @@ import tempfile
 import tensorflow as tf
 
 from agkd_tf import io_utils
-from agkd_tf import models
-from agkd_tf.errors import UserError
+from agkd_tf import run_dir
 
 
 class _Serving(tf.Module):
@@ -30,37 +29,6 @@ class _Serving(tf.Module):
   def _serve(self, images):
     logits = tf.cast(self.network(images, training=False)['logits'], tf.float32)
     return {'logits': logits, 'probabilities': tf.nn.softmax(logits)}
-
-
-def load_network(model_dir, checkpoint=None):
-  """Rebuilds a run's network and restores its weights.
-
-  Args:
-    model_dir: a run directory written by `train_lib.train`.
-    checkpoint: a checkpoint prefix; the latest in `model_dir/checkpoints` by default.
-
-  Returns:
-    (network, spec): the restored float32 network and the run's model_spec dict.
-
-  Raises:
-    UserError: not a run directory, no checkpoint, or a checkpoint of another model.
-  """
-  spec_path = os.path.join(model_dir, 'model_spec.json')
-  if not os.path.isfile(spec_path):
-    raise UserError(f'{model_dir} is not a training run directory (no model_spec.json)')
-  spec = io_utils.read_json(spec_path)
-  checkpoint = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, 'checkpoints'))
-  if not checkpoint:
-    raise UserError(f'{model_dir}/checkpoints holds no checkpoint to export')
-  network = models.build(spec['model'], spec['input_shape'], spec['num_classes'])
-  try:
-    status = tf.train.Checkpoint(network=network).restore(checkpoint)
-    status.expect_partial().assert_existing_objects_matched()
-  except (AssertionError, ValueError, tf.errors.InvalidArgumentError,
-          tf.errors.NotFoundError) as e:
-    raise UserError(f'{checkpoint} does not hold a {spec["model"]} network '
-                    f'({type(e).__name__})') from None
-  return network, spec
 
 
 def export_saved_model(network, input_shape, export_dir):
@@ -88,6 +56,6 @@ def export_saved_model(network, input_shape, export_dir):
 
 def export_run(model_dir, export_dir=None, checkpoint=None):
   """Exports a run's latest checkpoint; returns the export directory."""
-  network, spec = load_network(model_dir, checkpoint)
+  network, spec = run_dir.load_network(model_dir, checkpoint)
   return export_saved_model(network, spec['input_shape'],
                             export_dir or os.path.join(model_dir, 'export'))

@@ -65,6 +65,15 @@ def define_train_flags():
                       'run starts from, e.g. a natural teacher to fine-tune robustly; it must '
                       'have the same model, input shape and classes. AGKD-BML starts from its '
                       'teacher without it. A resumed run restores its own checkpoint instead.')
+  _define_method_flags()
+  _define_optimiser_flags()
+  _define_runtime_flags()
+  _define_run_flags()
+  flags.mark_flag_as_required('model_dir')
+
+
+def _define_method_flags():
+  """The defences' hyper-parameters (flags.json records them; methods read them by name)."""
   flags.DEFINE_float('label_smoothing', None, 'Official label smoothing: 1 - s on the true '
                      'class, s / (K - 1) on the others (default: the method\'s official value, '
                      '0.5 for agkd_bml and feature_scatter, 0 otherwise).')
@@ -106,6 +115,10 @@ def define_train_flags():
                     '"untargeted" CE ascent away from the true class (ours, not the paper\'s).')
   flags.DEFINE_float('norm_weight', 0.001, 'lambda2: weight of the embedding-norm regulariser.',
                      lower_bound=0.0)
+
+
+def _define_optimiser_flags():
+  """Epochs, batch and the SGD schedule."""
   flags.DEFINE_integer('epochs', 200, 'Training epochs.', lower_bound=1)
   flags.DEFINE_integer('batch_size', 128, 'Global batch size (summed over replicas).')
   flags.register_validator('batch_size', lambda v: 1 <= v <= 65536,
@@ -127,6 +140,10 @@ def define_train_flags():
   flags.DEFINE_float('lr_decay_factor', 0.1, 'Piecewise decay factor.', lower_bound=0.0,
                      upper_bound=1.0)
   flags.DEFINE_float('warmup_epochs', 0.0, 'Linear warm-up epochs.', lower_bound=0.0)
+
+
+def _define_runtime_flags():
+  """Devices, compilation, precision and the input pipeline."""
   flags.DEFINE_string('strategy', 'auto', 'auto | one_device | mirrored | multi_worker.')
   flags.register_validator('strategy', lambda v: v in strategy_utils.STRATEGIES,
                            message='--strategy must be one of ' +
@@ -145,6 +162,10 @@ def define_train_flags():
   flags.DEFINE_bool('sync_bn', False, 'Synchronise BatchNorm statistics across replicas.')
   flags.DEFINE_bool('augment', True, 'Random 4-pixel pad-and-crop and horizontal flip of the '
                     'training images, as every official recipe does (--noaugment: off).')
+
+
+def _define_run_flags():
+  """Checkpoints, logging, evaluation during training, export and failure policy."""
   flags.DEFINE_integer('checkpoint_every_steps', 1000, 'Checkpoint interval in steps (plus every '
                        'epoch end).', lower_bound=0)
   flags.DEFINE_integer('keep_checkpoints', 3, 'Checkpoints to keep.', lower_bound=1)
@@ -169,7 +190,6 @@ def define_train_flags():
                     '"stop" with the step, the bad term and the last good checkpoint; '
                     '"skip_batch" leaves weights, BatchNorm statistics, optimiser state and '
                     'epoch means as they were before the step, logs it and goes on.')
-  flags.mark_flag_as_required('model_dir')
 
 
 def define_export_flags():

@@ -14,7 +14,7 @@ from absl import flags
 import agkd_tf  # pylint: disable=unused-import
 from agkd_tf import quiet_tensorflow  # pylint: disable=unused-import  (before TensorFlow)
 from agkd_tf import errors
-from agkd_tf import evaluate_lib
+from agkd_tf import eval_report
 from agkd_tf import io_utils
 
 flags.DEFINE_string('output', None, 'Also write the table to this file.')
@@ -38,10 +38,10 @@ def merge(paths):
                                              else os.path.dirname(path)))
     if name == 'eval':
       name = os.path.basename(os.path.dirname(os.path.normpath(path)))
-    rows.append(evaluate_lib.table_row(name, result['accuracy']))
+    rows.append(eval_report.table_row(name, result['accuracy']))
     for flag in result.get('masking_flags', []):
       notes.append(f'- {name}: {flag}')
-  lines = [evaluate_lib.table_header()] + rows
+  lines = [eval_report.table_header()] + rows
   lines += ['', 'Gradient-masking flags:' if notes else 'Gradient-masking flags: none.'] + notes
   return '\n'.join(lines) + '\n'
 

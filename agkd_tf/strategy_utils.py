@@ -121,21 +121,6 @@ def is_chief(strategy):
   return 'chief' not in jobs and task_id == 0
 
 
-def write_dir(directory, strategy):
-  """Where this process writes what belongs in `directory` (checkpoints).
-
-  Every worker of a MultiWorkerMirroredStrategy must take part in a save (the save all-reduces
-  the on-read variables), but only the chief's copy is kept: other workers write into a
-  temporary directory beside it, which they remove after each save (TensorFlow's
-  `write_checkpoint_dir` pattern).
-  """
-  if is_chief(strategy):
-    return directory
-  task_type, task_id = task(strategy)
-  return os.path.join(os.path.dirname(directory.rstrip('/')),
-                      f'.{task_type}-{task_id}-tmp', os.path.basename(directory.rstrip('/')))
-
-
 def mirrored_cpu(devices):
   """MirroredStrategy over logical CPU devices.
 

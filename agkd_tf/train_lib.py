@@ -1,29 +1,15 @@
 """The training loop: plain arguments in, a finished run directory out.
 
 `train(config)` is what `python -m agkd_tf.train` calls, and what tests and benchmarks call
-directly. It never reads absl FLAGS. The run directory (`model_dir`) holds:
-
-  checkpoints/      tf.train.Checkpoint of network, optimiser and method state, every
-                    `checkpoint_every_steps` steps and at every epoch end; the last
-                    `keep_checkpoints` are kept. A rerun of the same command resumes from the latest
-                    that restores (an unreadable latest one falls back to the one before).
-  summaries/train   TensorBoard: every loss term, accuracies, lr, images/sec, hparams.
-  summaries/eval    TensorBoard: clean and PGD-k accuracy on the held-out subset.
-  flags.json        the resolved configuration.
-  model_spec.json   what is needed to rebuild the network (model, input shape, classes).
-  result.json       final metrics, written atomically at the end.
-  export/           SavedModel (written to a temporary name, then renamed).
+directly. It never reads absl FLAGS. It owns the configuration (`TrainConfig` and its checks), the
+building of network, method and optimiser, and the epoch loop; the run directory's files and
+checkpoints belong to `run_dir`, TensorBoard to `summaries`, the epochs to `train_loop`, the
+compiled step and the non-finite policy to `train_step`.
 
 Resume is exact: the data order and augmentation of every epoch are functions of (seed, epoch), so
 a run restored at global step k rebuilds its epoch and skips the batches already trained. With
 `deterministic=True` (op determinism on top of the seeds) a run killed at any point and rerun ends
 with the same weights, bit for bit, as one never interrupted.
-
-Checkpoints are atomic as TensorFlow writes them: shards go to a temporary name, are merged and
-renamed, and only then does the `checkpoint` state file (itself written to a temporary file and
-renamed) point at them, so a kill mid-save leaves the previous checkpoint as the latest. Leftover
-temporary files are removed at start, and a latest checkpoint that still fails to restore (a disk
-that lied) makes the run fall back to the previous one rather than fail.
 
 Multi-worker (`tf.distribute.MultiWorkerMirroredStrategy`, cluster from TF_CONFIG): every worker
 runs this same loop on its slice of each global batch; every worker takes part in each checkpoint
@@ -31,17 +17,12 @@ save (the save all-reduces on-read variables), but only the chief keeps its copy
 writes summaries, flags.json, model_spec.json, the export and result.json.
 
 A non-finite loss either stops the run (`nan_policy='stop'`, nothing saved) or, with
-`'skip_batch'`, leaves the step without effect: see `_NonFiniteGuard`.
+`'skip_batch'`, leaves the step without effect (`train_step`).
 """
 
 import dataclasses
-import glob
 import json
-import math
 import os
-import shutil
-import sys
-import threading
 import time
 from typing import Optional, Sequence
 
@@ -50,12 +31,15 @@ import keras
 import tensorflow as tf
 
 from agkd_tf import data as data_lib
-from agkd_tf import eval_lib
 from agkd_tf import io_utils
 from agkd_tf import methods
 from agkd_tf import models
 from agkd_tf import optim
+from agkd_tf import run_dir
 from agkd_tf import strategy_utils
+from agkd_tf import summaries as summaries_lib
+from agkd_tf import train_loop
+from agkd_tf import train_step
 from agkd_tf.data import pipeline
 from agkd_tf.errors import UserError
 
@@ -122,7 +106,7 @@ class TrainConfig:
   nan_policy: str = 'stop'
 
 
-NAN_POLICIES = ('stop', 'skip_batch')
+NAN_POLICIES = train_step.NAN_POLICIES
 
 
 def _check_config(config):
@@ -149,144 +133,6 @@ def _check_config(config):
     # batch as a step, which would shift the data position of a resumed run.
     raise UserError('--nan_policy=skip_batch does not combine with --mixed_precision=float16; '
                     'use bfloat16 or float32')
-
-
-def _check_existing_run(model_dir, config):
-  """Refuses to resume a run directory that belongs to a different model or dataset."""
-  path = os.path.join(model_dir, 'flags.json')
-  if not os.path.exists(path):
-    return
-  old = io_utils.read_json(path)
-  for key in ('model', 'dataset', 'method'):
-    if key in old and old[key] != getattr(config, key):
-      raise UserError(
-          f'{model_dir} holds a run with {key}={old[key]}, not {getattr(config, key)}; its '
-          'checkpoints cannot be resumed with these flags. Use a new --model_dir.')
-
-
-def model_spec(config, splits):
-  """What evaluation and export need to rebuild the network and find its data."""
-  kind, _, path = config.dataset.partition(':')
-  # Absolute, so `evaluate` finds the data from any working directory.
-  dataset = f'{kind}:{os.path.abspath(path)}' if kind in ('folder', 'npz') else config.dataset
-  return {'model': config.model, 'input_shape': list(splits.image_shape),
-          'num_classes': int(splits.num_classes), 'class_names': list(splits.class_names),
-          'dataset': dataset}
-
-
-class _NoSummaries:
-  """What a non-chief worker writes to TensorBoard: nothing."""
-
-  train = eval = None
-
-  def scalars(self, writer, values, step):
-    pass
-
-  def hparams(self, config):
-    pass
-
-
-class _Summaries:
-  """TensorBoard writers for summaries/train and summaries/eval."""
-
-  def __init__(self, model_dir):
-    self.train = tf.summary.create_file_writer(os.path.join(model_dir, 'summaries', 'train'))
-    self.eval = tf.summary.create_file_writer(os.path.join(model_dir, 'summaries', 'eval'))
-
-  def scalars(self, writer, values, step):
-    with writer.as_default(step=step):
-      for name, value in values.items():
-        tf.summary.scalar(name, value)
-    writer.flush()
-
-  def hparams(self, config):
-    from tensorboard.plugins.hparams import api as hp  # pylint: disable=g-import-not-at-top
-    values = {}
-    for k, v in dataclasses.asdict(config).items():
-      if isinstance(v, (bool, int, float, str)):
-        values[k] = v
-      elif v is not None:
-        values[k] = str(list(v) if isinstance(v, tuple) else v)
-    with self.train.as_default():
-      hp.hparams(values)
-
-
-# A checkpoint whose files are damaged (truncated, missing a shard) rather than of another model.
-# The checkpoint reader reports a truncated file as an IndexError.
-_UNREADABLE = (IndexError, tf.errors.DataLossError, tf.errors.OutOfRangeError,
-               tf.errors.NotFoundError, tf.errors.UnknownError)
-
-
-def _first_line(error):
-  text = str(error).strip()
-  return text.splitlines()[0][:200] if text else type(error).__name__
-
-
-def _restore(checkpoint, checkpoint_dir, model_dir):
-  """Restores the newest checkpoint of `checkpoint_dir` that restores; returns its path or None.
-
-  A checkpoint that fails to restore is skipped for the one before it: TensorFlow's writes are
-  atomic, but a filesystem can still lose the tail of a file, and a run should lose a few steps
-  rather than everything. When none restores, the error says whether the files are damaged or
-  were written by a different model.
-  """
-  state = tf.train.get_checkpoint_state(checkpoint_dir)
-  if not state or not state.model_checkpoint_path:
-    return None
-  candidates = [state.model_checkpoint_path]
-  candidates += [p for p in reversed(state.all_model_checkpoint_paths) if p not in candidates]
-  errors = []
-  for path in candidates:
-    try:
-      status = checkpoint.restore(path)
-      status.assert_existing_objects_matched()
-    except (AssertionError, ValueError, IndexError, tf.errors.OpError) as e:
-      errors.append((path, e))
-      logging.warning('Checkpoint %s does not restore (%s).', path, _first_line(e))
-      continue
-    if errors:
-      logging.warning('Resuming from %s, the newest checkpoint that restores.', path)
-    return path
-  latest, error = errors[0]
-  if all(isinstance(e, _UNREADABLE) for _, e in errors):
-    raise UserError(f'no checkpoint in {checkpoint_dir} can be read ({_first_line(error)}); the '
-                    f'files are damaged. Move them away to start {model_dir} afresh.')
-  raise UserError(f'the checkpoint {latest} does not match this model and method '
-                  f'({_first_line(error)}). It was written by a different configuration; use a '
-                  f'new --model_dir than {model_dir}.')
-
-
-def _remove_save_leftovers(checkpoint_dir):
-  """Removes what a save killed midway leaves: TF's `<prefix>_temp` shard directories and the
-  temporary files of the `checkpoint` state file. Neither is ever read; both are harmless, but
-  they would accumulate over preemptions."""
-  for path in glob.glob(os.path.join(checkpoint_dir, '*_temp')) + glob.glob(
-      os.path.join(checkpoint_dir, 'checkpoint.tmp*')):
-    if os.path.isdir(path):
-      shutil.rmtree(path, ignore_errors=True)
-    else:
-      try:
-        os.remove(path)
-      except OSError:
-        pass
-
-
-def _attention_summaries(method, summaries, images, labels, step):
-  """Per-epoch TensorBoard images of a method's attention maps on a fixed batch, if it has any."""
-  if not hasattr(method, 'attention_images'):
-    return
-  maps = method.attention_images(pipeline.to_float(tf.constant(images)),
-                                 tf.constant(labels, tf.int32))
-  with summaries.train.as_default(step=step):
-    for name, value in maps.items():
-      tf.summary.image(name, value, max_outputs=8)
-
-
-def _first_replica(values, strategy):
-  # The strategy is passed, not read with tf.distribute.get_strategy(): the training loop runs
-  # outside `strategy.scope()`, where that returns the default strategy, which leaves a
-  # MirroredStrategy's PerReplica values unsplit.
-  return {k: strategy.experimental_local_results(v)[0] for k, v in values.items()}
 
 
 # The TrainConfig fields that `method_config` hands to a method, the seed of its generator aside.
@@ -335,40 +181,9 @@ def load_teacher(teacher_dir, config, splits):
   if not teacher_dir:
     raise UserError(f'--method={config.method} needs a teacher: --teacher_dir=RUN (a natural '
                     'run, e.g. from flags/cifar10_natural.cfg) or --teacher=train')
-  teacher = load_matching_network(teacher_dir, config, splits, 'the teacher in')
+  teacher = run_dir.load_matching_network(teacher_dir, config, splits, 'the teacher in')
   teacher.trainable = False
   return teacher
-
-
-def load_matching_network(run_dir, config, splits, role):
-  """The network of the finished run `run_dir`, checked against this run's model and data.
-
-  Args:
-    run_dir: a run directory with a checkpoint.
-    config: this run's TrainConfig.
-    splits: this run's data.
-    role: how errors name the run ('the teacher in', 'the --init_from run').
-
-  Returns:
-    The restored float32 network.
-
-  Raises:
-    UserError: not a run, no checkpoint, or another model, input shape or number of classes.
-  """
-  from agkd_tf import export_lib  # pylint: disable=g-import-not-at-top
-  network, spec = export_lib.load_network(run_dir)
-  check_matching_spec(spec, run_dir, config, splits, role)
-  return network
-
-
-def check_matching_spec(spec, run_dir, config, splits, role):
-  """Raises UserError unless the run's model_spec `spec` has this run's network and data shape."""
-  want = {'model': config.model, 'input_shape': list(splits.image_shape),
-          'num_classes': int(splits.num_classes)}
-  for key, value in want.items():
-    if spec.get(key) != value:
-      raise UserError(f'{role} {run_dir} has {key}={spec.get(key)}, but this run '
-                      f'needs {value}')
 
 
 def build_method(config, splits, strategy, teacher_dir=None):
@@ -393,8 +208,8 @@ def build_method(config, splits, strategy, teacher_dir=None):
     if config.init_from:
       # BN statistics and the normalisation layer's mean and std come along: the start is the
       # finished network exactly, as it was evaluated.
-      network.set_weights(
-          load_matching_network(config.init_from, config, splits, 'the --init_from run').get_weights())
+      network.set_weights(run_dir.load_matching_network(
+          config.init_from, config, splits, 'the --init_from run').get_weights())
     if cls.needs_class_bank(config):
       bank = data_lib.ClassBank(splits.x_train, splits.y_train, splits.num_classes)
     method = methods.build(config.method, network, splits.num_classes,
@@ -411,188 +226,60 @@ def build_method(config, splits, strategy, teacher_dir=None):
   return network, method, optimizer
 
 
-class _NonFiniteGuard:
-  """Makes an optimiser leave every variable untouched on a step whose loss is not finite.
-
-  Installed on the optimiser instance for `nan_policy='skip_batch'`, so no method has to know:
-  `Method.train_step` hands its total loss to `optimizer.scale_loss` and its gradients to
-  `optimizer.apply`, which is all the guard needs.
-
-  - `scale_loss` notes this replica's loss.
-  - `apply` turns every gradient into NaN when that loss, or any gradient, is not finite. The
-    all-reduce sums gradients, so afterwards every replica holds NaN gradients when *any* replica
-    had a bad batch, and all replicas decide alike without a collective of their own.
-  - `update_step` (per variable, after the all-reduce) runs under a `tf.cond` on finite gradients.
-    A skipped variable keeps its value and its momentum; zeroing the gradient would not do, since
-    coupled weight decay and momentum would still move the weights.
-  The iteration counter still advances: the batch was consumed, and resume, the lr schedule and
-  the (seed, step) random draws all count batches.
-  """
-
-  def __init__(self, optimizer):
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-      raise ValueError('the non-finite guard does not wrap a LossScaleOptimizer')
-    self._local = threading.local()  # MirroredStrategy traces each replica in its own thread.
-    scale_loss, apply, update_step = (optimizer.scale_loss, optimizer.apply,
-                                      optimizer.update_step)
-
-    def guarded_scale_loss(loss):
-      self._local.loss = loss
-      return scale_loss(loss)
-
-    def guarded_apply(grads, trainable_variables=None):
-      loss = getattr(self._local, 'loss', None)
-      bad = (tf.constant(False) if loss is None else
-             tf.logical_not(tf.math.is_finite(tf.cast(loss, tf.float32))))
-      for g in grads:
-        if g is not None:
-          bad = tf.logical_or(bad, tf.logical_not(tf.reduce_all(tf.math.is_finite(g))))
-      self._local.nonfinite = bad
-      poison = tf.where(bad, tf.constant(float('nan')), tf.constant(0.0))
-      grads = [g if g is None else g + tf.cast(poison, g.dtype) for g in grads]
-      return apply(grads, trainable_variables)
-
-    def guarded_update_step(gradient, variable, learning_rate):
-      def update():
-        update_step(gradient, variable, learning_rate)
-      tf.cond(tf.reduce_all(tf.math.is_finite(gradient)), update, lambda: None)
-
-    optimizer.scale_loss = guarded_scale_loss
-    optimizer.apply = guarded_apply
-    optimizer.update_step = guarded_update_step
-
-  def nonfinite(self):
-    """Whether this replica's last traced step had a non-finite loss or gradient."""
-    return self._local.nonfinite
+def _check_data(config, splits):
+  """The data must hold a batch, and an --init_from run must have this network and shape."""
+  if len(splits.y_train) < config.batch_size:
+    raise UserError(f'the training set has {len(splits.y_train)} images, fewer than one batch '
+                    f'of --batch_size={config.batch_size}')
+  if config.init_from:  # Before anything is written: a mismatch leaves no empty run behind.
+    run_dir.check_matching_spec(
+        io_utils.read_json(os.path.join(config.init_from, 'model_spec.json')), config.init_from,
+        config, splits, 'the --init_from run')
 
 
-def make_step_fn(method, strategy, jit_compile, nan_policy=None):
-  """One distributed train step on the next batch of an iterator, compiled.
-
-  As in Keras's own trainer, `next(iterator)` happens inside the traced function, so tf.data hands
-  the batch to the step without a round trip through Python tensors.
-
-  Args:
-    method: a built and compiled `methods.Method`.
-    strategy: the strategy it was built under.
-    jit_compile: XLA for the replica step.
-    nan_policy: None for the plain step; 'stop' or 'skip_batch' to also report non-finite
-      losses, agreed across all replicas. 'skip_batch' installs `_NonFiniteGuard` on the
-      optimiser and restores what the forward pass changed (BatchNorm moving statistics, the
-      loss and accuracy trackers) when the step is skipped.
-
-  Returns:
-    `step_fn(iterator)`. Without `nan_policy` it returns the method's logs (per replica); with one,
-    `(logs, step_logs, nonfinite)`: the logs after the policy, the logs as the step computed them
-    (they name the bad term) and whether any replica's loss was not finite.
-  """
-  if nan_policy is None:
-    replica_step = tf.function(method.train_step, jit_compile=jit_compile,
-                               reduce_retracing=True)
-  elif nan_policy in NAN_POLICIES:
-    replica_step = tf.function(_policy_step(method, nan_policy), jit_compile=jit_compile,
-                               reduce_retracing=True)
-  else:
-    raise ValueError(f'unknown nan policy {nan_policy!r}')
-
-  @tf.function(reduce_retracing=True)
-  def step_fn(iterator):
-    return strategy.run(replica_step, args=(next(iterator),))
-
-  return step_fn
+def _train_teacher_first(config, model_dir, strategy, splits):
+  """With --teacher=train, trains (or finds finished) the natural teacher; returns its dir."""
+  teacher_dir = config.teacher_dir
+  if not (methods.get(config.method).needs_teacher(config) and config.teacher == 'train'):
+    return teacher_dir
+  teacher_dir = os.path.abspath(teacher_dir or os.path.join(model_dir, 'teacher'))
+  logging.info('Training the natural teacher in %s first.', teacher_dir)
+  # A finished teacher returns at once, so a rerun of the command resumes the student.
+  # The teacher's own schedule: the official natural run decays at 50% and 75% of its epochs
+  # (100 and 150 of 200), whatever the student's schedule is.
+  epochs = config.teacher_epochs or config.epochs
+  train(dataclasses.replace(
+      config, model_dir=teacher_dir, method='natural', teacher_dir=None, init_from=None,
+      label_smoothing=config.teacher_label_smoothing, epochs=epochs,
+      lr_decay_epochs=(epochs // 2, epochs * 3 // 4), max_steps=0, eval_attack_steps=0,
+      export=False), strategy=strategy, splits=splits)
+  return teacher_dir
 
 
-def _policy_step(method, nan_policy):
-  """The replica step of `make_step_fn` with a non-finite check (and, skip_batch, the guard)."""
-  guard = None
-  if nan_policy == 'skip_batch':
-    # Once per optimiser: a second guard would only check the same thing twice.
-    guard = getattr(method.optimizer, '_nonfinite_guard', None) or _NonFiniteGuard(
-        method.optimizer)
-    method.optimizer._nonfinite_guard = guard  # pylint: disable=protected-access
-  kept = []
-  if guard:
-    # What the forward pass changes outside the optimiser. The frozen teacher is left out: it is
-    # never updated, and copying a WRN's weights every step would cost for nothing.
-    teacher = {id(v) for v in method.teacher.weights} if method.teacher is not None else set()
-    seen = set()
-    for v in list(method.non_trainable_variables) + [v for m in method.metrics
-                                                     for v in m.variables]:
-      if id(v) not in teacher and id(v) not in seen:
-        seen.add(id(v))
-        kept.append(v)
-
-  def step(data):
-    before = [tf.identity(v.value) for v in kept]
-    logs = method.train_step(data)
-    if guard:
-      bad = guard.nonfinite()
-    else:
-      bad = tf.logical_not(tf.math.is_finite(logs[method.loss_terms[0]]))
-    # Every replica must take the same decision, or their weights (and, across workers, their
-    # collectives) part ways.
-    count = tf.distribute.get_replica_context().all_reduce(
-        tf.distribute.ReduceOp.SUM, tf.cast(bad, tf.float32))
-    bad = count > 0
-    if not guard:
-      return logs, logs, bad
-    for v, old in zip(kept, before):
-      v.assign(tf.where(bad, old, v.value))
-    return {m.name: m.result() for m in method.metrics}, logs, bad
-
-  return step
-
-
-def _distribute(ds, strategy, global_batch_size):
-  """The distributed form of a dataset of global batches.
-
-  One replica: the dataset itself. OneDeviceStrategy's distributed-dataset wrapper halved
-  throughput on our CPUs (its prefetch competes with the step for the two cores).
-
-  Several workers: each input pipeline takes its own contiguous slice of every global batch, so
-  replica r of N sees examples [r B/N, (r + 1) B/N) of the batch a single device would see, and
-  the all-reduced update equals the single-device one. tf.data's auto-sharding is not used: on an
-  in-memory dataset it falls back to sharding by element, whose order we would not control.
-  """
+def _build(config, splits, strategy, teacher_dir):
+  """Seeds, precision, and (network, method, optimiser) built under the strategy."""
+  keras.utils.set_random_seed(config.seed)
+  if config.deterministic:
+    # Process-wide and irreversible: every op created from here on is deterministic, or raises
+    # if it has no deterministic kernel. The seeds above fix the rest (data order, augmentation,
+    # attack starts and class-bank draws are all functions of the seed and the step).
+    tf.config.experimental.enable_op_determinism()
+  keras.mixed_precision.set_global_policy(strategy_utils.resolve_precision(config.mixed_precision))
   replicas = strategy.num_replicas_in_sync
-  if replicas == 1:
-    return ds
-  if strategy_utils.num_workers(strategy) <= 1:
-    return strategy.experimental_distribute_dataset(ds)
-
-  def dataset_fn(context):
-    pipelines = context.num_input_pipelines
-    per_pipeline = global_batch_size // pipelines
-    start = context.input_pipeline_id * per_pipeline
-    local = ds.map(lambda *parts: tuple(p[start:start + per_pipeline] for p in parts))
-    local_replicas = replicas // pipelines
-    if local_replicas > 1:
-      local = local.rebatch(per_pipeline // local_replicas, drop_remainder=True)
-    return local
-
-  return strategy.distribute_datasets_from_function(dataset_fn)
-
-
-def _describe_bad_terms(logs, loss_terms):
-  bad = [n for n in loss_terms[1:] if not math.isfinite(float(logs.get(n, 0.0)))]
-  return ', '.join(bad) if bad else loss_terms[0]
-
-
-# Preemption tests kill a worker between two checkpoints; on a fast machine a tiny run can finish
-# before the test sees its first checkpoint. With this variable set to N, every worker stops right
-# after writing checkpoint N, says so on stdout and waits there to be killed, so the test kills a
-# run that is certainly mid-way instead of skipping. Unset (always, outside tests), it does nothing.
-PAUSE_ENV = 'AGKD_TF_PAUSE_AFTER_CHECKPOINT'
-
-
-def pause_after_checkpoint(number, seconds=600):
-  if os.environ.get(PAUSE_ENV) == str(number):
-    print(f'paused after checkpoint {number} ({PAUSE_ENV})', flush=True)
-    time.sleep(seconds)
+  if config.batch_size % replicas:
+    raise UserError(f'--batch_size={config.batch_size} must be divisible by the {replicas} '
+                    'replicas')
+  try:
+    return build_method(config, splits, strategy, teacher_dir)
+  finally:
+    keras.mixed_precision.set_global_policy('float32')
 
 
 def train(config: TrainConfig, strategy=None, splits=None):
   """Trains (or resumes) a run and returns its result dict.
+
+  The story of a run: check, load the data, train the teacher first if asked, build, restore,
+  loop over the epochs, then (the chief) evaluate, export and write result.json.
 
   Args:
     config: the run's `TrainConfig`.
@@ -611,233 +298,50 @@ def train(config: TrainConfig, strategy=None, splits=None):
   wall_start = time.time()
   _check_config(config)
   model_dir = os.path.abspath(config.model_dir)
-  _check_existing_run(model_dir, config)
+  run_dir.check_existing_run(model_dir, config)
   # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs its first op, and the
   # folder loader decodes images with TensorFlow.
   strategy = strategy or strategy_utils.get_strategy(config.strategy)
   if splits is None:
     splits = data_lib.load(config.dataset, config.data_dir, config.train_examples,
                            config.test_examples, config.seed)
-  if len(splits.y_train) < config.batch_size:
-    raise UserError(f'the training set has {len(splits.y_train)} images, fewer than one batch '
-                    f'of --batch_size={config.batch_size}')
-  if config.init_from:  # Before anything is written: a mismatch leaves no empty run behind.
-    check_matching_spec(io_utils.read_json(os.path.join(config.init_from, 'model_spec.json')),
-                        config.init_from, config, splits, 'the --init_from run')
+  _check_data(config, splits)
   io_utils.make_writable_dir(model_dir)
-  chief = strategy_utils.is_chief(strategy)
-  teacher_dir = config.teacher_dir
-  if methods.get(config.method).needs_teacher(config) and config.teacher == 'train':
-    teacher_dir = os.path.abspath(teacher_dir or os.path.join(model_dir, 'teacher'))
-    logging.info('Training the natural teacher in %s first.', teacher_dir)
-    # A finished teacher returns at once, so a rerun of the command resumes the student.
-    # The teacher's own schedule: the official natural run decays at 50% and 75% of its epochs
-    # (100 and 150 of 200), whatever the student's schedule is.
-    epochs = config.teacher_epochs or config.epochs
-    train(dataclasses.replace(
-        config, model_dir=teacher_dir, method='natural', teacher_dir=None, init_from=None,
-        label_smoothing=config.teacher_label_smoothing, epochs=epochs,
-        lr_decay_epochs=(epochs // 2, epochs * 3 // 4), max_steps=0, eval_attack_steps=0,
-        export=False), strategy=strategy, splits=splits)
+  teacher_dir = _train_teacher_first(config, model_dir, strategy, splits)
+  network, method, optimizer = _build(config, splits, strategy, teacher_dir)
 
-  keras.utils.set_random_seed(config.seed)
-  if config.deterministic:
-    # Process-wide and irreversible: every op created from here on is deterministic, or raises
-    # if it has no deterministic kernel. The seeds above fix the rest (data order, augmentation,
-    # attack starts and class-bank draws are all functions of the seed and the step).
-    tf.config.experimental.enable_op_determinism()
-  keras.mixed_precision.set_global_policy(strategy_utils.resolve_precision(config.mixed_precision))
-  jit = strategy_utils.resolve_jit(config.jit_compile)
-  replicas = strategy.num_replicas_in_sync
-  if config.batch_size % replicas:
-    raise UserError(f'--batch_size={config.batch_size} must be divisible by the {replicas} '
-                    'replicas')
-  try:
-    network, method, optimizer = build_method(config, splits, strategy, teacher_dir)
-  finally:
-    keras.mixed_precision.set_global_policy('float32')
-
-  steps_per_epoch = pipeline.steps_per_epoch(len(splits.y_train), config.batch_size)
-  total_steps = steps_per_epoch * config.epochs
-  if config.max_steps:
-    total_steps = min(total_steps, config.max_steps)
   with strategy.scope():
     checkpoint = tf.train.Checkpoint(network=network, optimizer=optimizer, method=method)
-  checkpoint_dir = os.path.join(model_dir, 'checkpoints')
-  # Every worker restores from the chief's checkpoints and saves with all the others, but a
-  # non-chief worker's copy goes to a temporary directory removed after each save.
-  write_dir = strategy_utils.write_dir(checkpoint_dir, strategy)
-  if chief:
-    _remove_save_leftovers(checkpoint_dir)
-  else:
-    shutil.rmtree(os.path.dirname(write_dir), ignore_errors=True)  # A killed worker's leftovers.
-  manager = tf.train.CheckpointManager(checkpoint, write_dir,
-                                       max_to_keep=config.keep_checkpoints if chief else 1)
-
-  def save(number):
-    manager.save(checkpoint_number=number)
-    if not chief:
-      shutil.rmtree(os.path.dirname(write_dir), ignore_errors=True)
-    pause_after_checkpoint(number)
-
-  restored = _restore(checkpoint, checkpoint_dir, model_dir)
+  checkpoints = run_dir.Checkpoints(model_dir, checkpoint, strategy, config.keep_checkpoints)
+  restored = checkpoints.restore()
   start_step = int(optimizer.iterations.numpy())
-  saved_step = start_step if restored else None
   if restored:
     logging.info('Resumed from %s at step %d.', restored, start_step)
-
-  if chief:
-    io_utils.write_json_atomic(os.path.join(model_dir, 'flags.json'), dataclasses.asdict(config))
-    io_utils.write_json_atomic(os.path.join(model_dir, 'model_spec.json'),
-                               model_spec(config, splits))
-  summaries = _Summaries(model_dir) if chief else _NoSummaries()
+  if checkpoints.chief:
+    run_dir.write_run_files(model_dir, config, splits)
+  writer = summaries_lib.Summaries(model_dir) if checkpoints.chief else summaries_lib.NoSummaries()
   if not restored:
-    summaries.hparams(config)
+    writer.hparams(config)
 
-  # Held-out subset for periodic evaluation: class-balanced, fixed by the seed.
-  eval_idx = data_lib.balanced_indices(splits.y_test, config.eval_examples, splits.num_classes,
-                                       config.seed + 2)
-  x_eval, y_eval = splits.x_test[eval_idx], splits.y_test[eval_idx]
+  loop = train_loop.Loop(config, splits, strategy, network, method, optimizer, checkpoints,
+                         writer, start_step, restored)
+  while loop.step < loop.total_steps:
+    loop.run_epoch()
 
-  def run_eval(step):
-    clean = eval_lib.accuracy(network, x_eval, y_eval, config.eval_batch_size)
-    values = {'accuracy': clean}
-    if config.eval_attack_steps:
-      values[f'pgd{config.eval_attack_steps}_accuracy'] = eval_lib.accuracy(
-          network, x_eval, y_eval, config.eval_batch_size, config.eval_attack_steps, config.eps,
-          config.step_size, seed=config.seed)
-    summaries.scalars(summaries.eval, values, step)
-    return values
-
-  step_fn = make_step_fn(method, strategy, jit, config.nan_policy)
-  step = start_step
-  train_seconds = 0.0
-  timed_images = 0
-  skipped = 0
-  logs = {}
-  interactive = sys.stdout.isatty()
-  while step < total_steps:
-    epoch = step // steps_per_epoch
-    skip = step % steps_per_epoch
-    epoch_steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
-    ds = pipeline.train_dataset(splits.x_train, splits.y_train, config.batch_size, epoch,
-                                config.seed, skip_batches=skip, augment=config.augment,
-                                flip=splits.flip, with_index=method.needs_indices)
-    ds = ds.take(epoch_steps - skip)
-    dist_ds = _distribute(ds, strategy, config.batch_size)
-    for m in method.metrics:
-      m.reset_state()
-    bar = keras.utils.Progbar(epoch_steps, stateful_metrics=[m.name for m in method.metrics],
-                              verbose=1 if config.verbose == 1 else 0,
-                              interval=0.5 if interactive else 60.0)
-    if config.verbose == 1:
-      print(f'Epoch {epoch + 1}/{config.epochs}', flush=True)
-    epoch_start = time.time()
-    epoch_images = 0
-    window_start, window_images = time.time(), 0
-    iterator = iter(dist_ds)
-    for _ in range(epoch_steps - skip):
-      t0 = time.time()
-      out, step_out, nonfinite = step_fn(iterator)
-      logs = {k: float(v) for k, v in _first_replica(out, strategy).items()}
-      step += 1
-      if bool(strategy.experimental_local_results(nonfinite)[0]):
-        step_logs = _first_replica(step_out, strategy)
-        terms = _describe_bad_terms({k: float(v) for k, v in step_logs.items()},
-                                    method.loss_terms)
-        if config.nan_policy == 'stop':
-          raise UserError(
-              f'the loss became non-finite at step {step} (term: {terms}); stopping without '
-              f'saving. Last good checkpoint: '
-              f'{tf.train.latest_checkpoint(checkpoint_dir) or "none"}.')
-        skipped += 1
-        logging.warning('Step %d: the loss is not finite (term: %s); the batch was skipped and '
-                        'the weights kept (%d skipped so far).', step, terms, skipped)
-        summaries.scalars(summaries.train, {'train/skipped_batch': 1.0}, step)
-      if step > start_step + 1:  # The first step includes tracing; keep it out of throughput.
-        train_seconds += time.time() - t0
-        timed_images += config.batch_size
-      epoch_images += config.batch_size
-      window_images += config.batch_size
-      bar.update(step - epoch * steps_per_epoch, list(logs.items()))
-      if config.log_every_steps and step % config.log_every_steps == 0:
-        now = time.time()
-        lr = float(optimizer.learning_rate)
-        summaries.scalars(summaries.train, {**{f'train/{k}': v for k, v in logs.items()},
-                                            'train/lr': lr,
-                                            'train/images_per_sec':
-                                                window_images / max(now - window_start, 1e-9)},
-                          step)
-        window_start, window_images = now, 0
-      if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
-        save(step)
-        saved_step = step
-      if step >= total_steps:
-        break
-    epoch_time = time.time() - epoch_start
-    # A plain counter rather than the manager's state: all workers must decide alike, and a
-    # non-chief worker's manager forgets its removed checkpoints.
-    if saved_step != step:
-      save(step)
-      saved_step = step
-    summary = {f'epoch/{k}': v for k, v in logs.items()}
-    summary['epoch/images_per_sec'] = epoch_images / max(epoch_time, 1e-9)
-    summary['epoch/seconds'] = epoch_time
-    if config.nan_policy == 'skip_batch':
-      summary['epoch/skipped_batches'] = skipped
-    summaries.scalars(summaries.train, summary, step)
-    if chief:
-      _attention_summaries(method, summaries, x_eval[:8], y_eval[:8], step)
-    line = ' '.join(f'{k}={v:.4f}' for k, v in logs.items())
-    message = (f'epoch {epoch + 1}/{config.epochs} step {step}: {line} '
-               f'lr={float(optimizer.learning_rate):.5f} '
-               f'{summary["epoch/images_per_sec"]:.1f} images/sec {epoch_time:.1f}s')
-    if skipped:
-      message += f' skipped={skipped}'
-    if chief and config.eval_every and (epoch + 1) % config.eval_every == 0 and step < total_steps:
-      values = run_eval(step)
-      message += ' | eval ' + ' '.join(f'{k}={v:.4f}' for k, v in values.items())
-    if config.verbose:
-      print(message, flush=True)
-    else:
-      logging.info('%s', message)
-
-  if not chief:
+  checkpoints.close()
+  if not checkpoints.chief:
     # The chief evaluates, exports and writes result.json; nothing after this needs the others.
-    shutil.rmtree(os.path.dirname(write_dir), ignore_errors=True)
-    return {'steps': step, 'chief': False, 'skipped_steps': skipped}
-  result_path = os.path.join(model_dir, 'result.json')
-  if start_step >= total_steps and os.path.exists(result_path):
+    return {'steps': loop.step, 'chief': False, 'skipped_steps': loop.skipped}
+  if start_step >= loop.total_steps and os.path.exists(run_dir.result_path(model_dir)):
     logging.info('The run in %s is already complete.', model_dir)
-    return io_utils.read_json(result_path)
-
-  # Final evaluation: clean accuracy on the whole test split, PGD on the held-out subset.
-  clean = eval_lib.accuracy(network, splits.x_test, splits.y_test, config.eval_batch_size)
-  result = {
-      'dataset': config.dataset, 'model': config.model, 'method': config.method,
-      'epochs': config.epochs, 'steps': step, 'train_examples': int(len(splits.y_train)),
-      'test_examples': int(len(splits.y_test)), 'clean_accuracy': clean,
-      'images_per_sec': timed_images / train_seconds if train_seconds else None,
-      'replicas': replicas, 'jit_compile': jit, 'deterministic': config.deterministic,
-  }
-  if config.nan_policy == 'skip_batch':
-    result['skipped_steps'] = skipped  # In this invocation; TensorBoard has every one.
-  eval_values = {'test/accuracy': clean}
-  if config.eval_attack_steps:
-    key = f'pgd{config.eval_attack_steps}_accuracy'
-    result[key] = eval_lib.accuracy(network, x_eval, y_eval, config.eval_batch_size,
-                                    config.eval_attack_steps, config.eps, config.step_size,
-                                    seed=config.seed)
-    result['attack_examples'] = int(len(y_eval))
-    result['eps'] = config.eps
-    eval_values[f'test/{key}'] = result[key]
-  summaries.scalars(summaries.eval, eval_values, step)
+    return run_dir.read_result(model_dir)
+  result = loop.result()
   if config.export:
     from agkd_tf import export_lib  # pylint: disable=g-import-not-at-top
     result['export_dir'] = export_lib.export_run(model_dir)
   # A resumed run's earlier invocations are not in wall_seconds; start_step > 0 says so.
   result['wall_seconds'] = time.time() - wall_start
   result['start_step'] = start_step
-  io_utils.write_json_atomic(result_path, result)
+  run_dir.write_result(model_dir, result)
   logging.info('Result: %s', json.dumps(result))
   return result

@@ -32,8 +32,8 @@ from cleverhans.tf2.attacks import projected_gradient_descent as ch_pgd  # pylin
 
 from agkd_tf import attacks  # pylint: disable=g-import-not-at-top,wrong-import-position
 from agkd_tf import data  # pylint: disable=g-import-not-at-top,wrong-import-position
-from agkd_tf import export_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from agkd_tf import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from agkd_tf import run_dir  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bench import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 flags.DEFINE_list('models', ['cnn-cpu', 'wrn-16-4'], 'Networks to measure.')
@@ -118,8 +118,8 @@ def _time(fn, x, y, batches):
   return batches * int(x.shape[0]) / (time.perf_counter() - start)
 
 
-def _strength(run_dir):
-  network, spec = export_lib.load_network(run_dir)
+def _strength(model_dir):
+  network, spec = run_dir.load_network(model_dir)
   splits = data.load(spec['dataset'], train_examples=1, test_examples=FLAGS.strength_examples)
   fns = _fns(network, _bf16_copy(network, spec['model'], spec['input_shape'],
                                  spec['num_classes']))

@@ -113,6 +113,7 @@ def build_training(method_name, model_name, splits, attack_steps, device='/cpu:0
   from agkd_tf import models
   from agkd_tf import optim
   from agkd_tf import train_lib
+  from agkd_tf import train_step
   # pylint: enable=g-import-not-at-top
   strategy = tf.distribute.OneDeviceStrategy(device)
   config = train_lib.TrainConfig(**{**(overrides or {}), 'model_dir': 'unused',
@@ -133,7 +134,40 @@ def build_training(method_name, model_name, splits, attack_steps, device='/cpu:0
     opt = optim.TorchSGD(0.01, 0.9, False, 5e-4)
     method.compile(optimizer=opt)
     opt.build(network.trainable_variables)
-  return method, train_lib.make_step_fn(method, strategy, jit_compile)
+  return method, train_step.make_step_fn(method, strategy, jit_compile)
+
+
+def pct(value):
+  """A percentage rounded to two decimals for a results table (None stays None)."""
+  return None if value is None else round(float(value), 2)
+
+
+def evaluated_with(out, settings):
+  """Whether `out` holds an eval.json made with exactly these driver settings."""
+  path = os.path.join(out, 'settings.json')
+  if not (os.path.isfile(os.path.join(out, 'eval.json')) and os.path.isfile(path)):
+    return False
+  with open(path) as f:
+    return json.load(f) == settings
+
+
+def mark_evaluated(out, settings):
+  """Records the settings of a finished evaluation; written last, so that a killed evaluation
+  is never mistaken for a finished one."""
+  with open(os.path.join(out, 'settings.json'), 'w') as f:
+    json.dump(settings, f)
+
+
+def cell(value):
+  """A Markdown table cell of a README block: '-' for None, two decimals for a float."""
+  return '-' if value is None else f'{value:.2f}' if isinstance(value, float) else str(value)
+
+
+def short_masking(flags_text):
+  """The first clause of each masking flag (the figures); the explanation is in the table file."""
+  if flags_text == 'none':
+    return 'none'
+  return '; '.join(f.split(': ')[0] for f in flags_text.split('; '))
 
 
 def readme_block(name, lines, readme=None):

@@ -190,12 +190,9 @@ def eval_settings(row):
 def evaluate(row):
   out = os.path.join(run_dir(row), 'eval_study')
   settings = eval_settings(row)
-  settings_path = os.path.join(out, 'settings.json')
-  if os.path.isfile(os.path.join(out, 'eval.json')) and os.path.isfile(settings_path):
-    with open(settings_path) as f:
-      if json.load(f) == settings:
-        print(f'{row.key}: evaluated already ({out})')
-        return True
+  if common.evaluated_with(out, settings):
+    print(f'{row.key}: evaluated already ({out})')
+    return True
   if not _trained(row):
     print(f'{row.key}: not trained yet; evaluation skipped')
     return False
@@ -210,14 +207,8 @@ def evaluate(row):
   print(f'{row.key}: evaluation ' + ('stopped at the time limit' if code is None else
                                      f'exit {code}') + f' after {seconds:.0f} s', flush=True)
   if code == 0:
-    # Written last, so a killed evaluation is never mistaken for a finished one.
-    with open(settings_path, 'w') as f:
-      json.dump(settings, f)
+    common.mark_evaluated(out, settings)
   return code == 0
-
-
-def _pct(value):
-  return None if value is None else round(float(value), 2)
 
 
 def table_row(row):
@@ -231,16 +222,16 @@ def table_row(row):
       run_flags = json.load(f)
   except OSError:
     return None
-  from agkd_tf import evaluate_lib  # pylint: disable=g-import-not-at-top
+  from agkd_tf import masking  # pylint: disable=g-import-not-at-top
   acc = ev['accuracy']
   out = {'row': row.key, 'method': row.name + (' (ours)' if row.ours else ''),
          'attack_steps': None if row.is_teacher else run_flags.get('attack_steps'),
          'teacher': row.teacher or None, 'init_from': row.init_from or None,
          'aa_n': ev.get('aa_examples') if 'aa' in acc else None,
          'train_examples': result.get('train_examples'), 'epochs': result.get('epochs'),
-         'masking': '; '.join(evaluate_lib.masking_flags(acc, ev)) or 'none'}
+         'masking': '; '.join(masking.masking_flags(acc, ev)) or 'none'}
   for key in STUDENT_ATTACKS:
-    out[key] = _pct(acc.get(key))
+    out[key] = common.pct(acc.get(key))
   ips = result.get('images_per_sec')
   out['sec_per_epoch'] = (round(result['train_examples'] / ips, 1)
                           if ips and result.get('train_examples') else None)
@@ -266,7 +257,7 @@ def table():
     if figures is None:
       missing.append(key)
       continue
-    figures['time_ratio'] = _pct(ratios.get(key))
+    figures['time_ratio'] = common.pct(ratios.get(key))
     rows.append(figures)
   columns = [('row', 'row'), ('method', 'method'), ('K', 'attack_steps'), ('clean', 'clean'),
              ('FGSM', 'fgsm'), ('PGD-20', 'pgd20'), ('CW-20', 'cw20'), ('AA', 'aa'),
@@ -294,12 +285,11 @@ def readme():
   """Rewrites the README's recipe_study block from results_dir/<name>.json."""
   with open(os.path.join(FLAGS.results_dir, f'{FLAGS.name}.json')) as f:
     result = json.load(f)
-  cell = lambda v: '-' if v is None else f'{v:.2f}' if isinstance(v, float) else str(v)
+  cell = common.cell
   lines = ['| row | K | clean | PGD-20 | CW-20 | AA (images) | train s/epoch | '
            'time / AGKD-BML K=10 | masking flags |', '|---|---|---|---|---|---|---|---|---|']
   for r in result['rows']:
-    masking = '; '.join(f.split(': ')[0] for f in r['masking'].split('; ')) if (
-        r['masking'] != 'none') else 'none'
+    masking = common.short_masking(r['masking'])
     lines.append(f'| {r["method"]} | {cell(r.get("attack_steps"))} | ' + ' | '.join(
         cell(r.get(k)) for k in ('clean', 'pgd20', 'cw20')) +
         f' | {cell(r.get("aa"))} ({cell(r.get("aa_n"))}) | {cell(r.get("sec_per_epoch"))} | '

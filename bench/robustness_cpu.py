@@ -172,12 +172,9 @@ def evaluate(row):
   run = _run_dir(row)
   out = os.path.join(run, 'eval_table')
   settings = _eval_settings(row)
-  settings_path = os.path.join(out, 'settings.json')
-  if os.path.isfile(os.path.join(out, 'eval.json')) and os.path.isfile(settings_path):
-    with open(settings_path) as f:
-      if json.load(f) == settings:
-        print(f'{row.key}: evaluated already ({out})')
-        return True
+  if common.evaluated_with(out, settings):
+    print(f'{row.key}: evaluated already ({out})')
+    return True
   if not os.path.isfile(os.path.join(run, 'result.json')):
     print(f'{row.key}: not trained yet; evaluation skipped')
     return False
@@ -190,14 +187,8 @@ def evaluate(row):
   code, seconds = _call(cmd, os.path.join(out, 'evaluate.log'))
   print(f'{row.key}: evaluation exit {code} after {seconds:.0f} s')
   if code == 0:
-    # Written last, so a killed evaluation is never mistaken for a finished one.
-    with open(settings_path, 'w') as f:
-      json.dump(settings, f)
+    common.mark_evaluated(out, settings)
   return code == 0
-
-
-def _pct(value):
-  return None if value is None else round(float(value), 2)
 
 
 def table_row(row):
@@ -213,7 +204,7 @@ def table_row(row):
   acc = ev['accuracy']
   out = {'method': row.name, 'row': row.key}
   for key in _attacks(row):
-    out[key] = _pct(acc.get(key))
+    out[key] = common.pct(acc.get(key))
   out['aa_n'] = ev.get('aa_examples') if 'aa' in _attacks(row) else None
   try:
     with open(os.path.join(run, 'flags.json')) as f:
@@ -232,9 +223,9 @@ def table_row(row):
                           if ips and result.get('train_examples') else None)
   # Recomputed with the evaluator's current rules, so that rows evaluated at different times are
   # judged alike; a check whose measurement an older eval.json lacks is skipped for that row.
-  from agkd_tf import evaluate_lib  # pylint: disable=g-import-not-at-top
-  out['masking'] = '; '.join(evaluate_lib.masking_flags(acc, ev)) or 'none'
-  out['pgd20_large_eps'] = _pct(ev.get('pgd20_large_eps'))
+  from agkd_tf import masking  # pylint: disable=g-import-not-at-top
+  out['masking'] = '; '.join(masking.masking_flags(acc, ev)) or 'none'
+  out['pgd20_large_eps'] = common.pct(ev.get('pgd20_large_eps'))
   out['eps_sweep'] = ev.get('eps_sweep')
   return out
 
@@ -254,11 +245,11 @@ def _figures():
     # pylint: disable=g-import-not-at-top
     from agkd_tf import analysis
     from agkd_tf import data
-    from agkd_tf import export_lib
+    from agkd_tf import run_dir
     # pylint: enable=g-import-not-at-top
     networks, spec = {}, None
     for name, run in runs.items():
-      networks[name], spec = export_lib.load_network(run)
+      networks[name], spec = run_dir.load_network(run)
     dataset = spec['dataset']
     if dataset.startswith('folder:') and not os.path.isabs(dataset[7:]):
       dataset = 'folder:' + os.path.join(ROOT, dataset[7:])  # Flagfile paths are repo-relative.
@@ -457,13 +448,11 @@ def readme():
   """Rewrites the README's results block from results_dir/<name>.json, so the two agree."""
   with open(os.path.join(FLAGS.results_dir, f'{FLAGS.name}.json')) as f:
     result = json.load(f)
-  cell = lambda v: '-' if v is None else f'{v:.2f}' if isinstance(v, float) else str(v)
+  cell = common.cell
   lines = ['| method | clean | FGSM | PGD-20 | CW-20 | MIM-40 | AA (images) | train s/epoch | '
            'masking flags |', '|---|---|---|---|---|---|---|---|---|']
   for r in result['rows']:
-    # The first clause of each flag: the figures; the explanation is in the table file.
-    masking = '; '.join(f.split(': ')[0] for f in r['masking'].split('; ')) if (
-        r['masking'] != 'none') else 'none'
+    masking = common.short_masking(r['masking'])
     lines.append(f'| {r["method"]} | ' + ' | '.join(cell(r.get(k)) for k in (
         'clean', 'fgsm', 'pgd20', 'cw20', 'mim40')) + f' | {cell(r.get("aa"))} '
         f'({cell(r.get("aa_n"))}) | {cell(r.get("sec_per_epoch"))} | {masking} |')

@@ -24,6 +24,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 from agkd_tf import data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from agkd_tf import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from agkd_tf import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 from agkd_tf.data import pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bench import common  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -46,7 +47,7 @@ def _ours(model_name, splits):
                                  weight_decay=5e-4)
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
   _, method, _ = train_lib.build_method(config, splits, strategy)
-  step = train_lib.make_step_fn(method, strategy, False)
+  step = train_step.make_step_fn(method, strategy, False)
 
   def run(epoch):
     it = iter(_batches(splits, epoch))

@@ -8,6 +8,7 @@ from agkd_tf import data
 from agkd_tf import methods
 from agkd_tf import optim
 from agkd_tf import train_lib
+from agkd_tf import train_step
 from tests import helpers
 
 EPS = 8 / 255
@@ -43,7 +44,7 @@ def batch(splits, n=16, start=0):
 
 def stepper(method, strategy, batch):
   """A function running one compiled train step on `batch`; it returns the first replica's logs."""
-  step = train_lib.make_step_fn(method, strategy, False)
+  step = train_step.make_step_fn(method, strategy, False)
   batch = batch if method.needs_indices else batch[:2]
   ds = tf.data.Dataset.from_tensors(batch).repeat()
   if strategy.num_replicas_in_sync > 1:

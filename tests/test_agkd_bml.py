@@ -10,11 +10,12 @@ import tensorflow as tf
 
 from agkd_tf import attacks
 from agkd_tf import data
-from agkd_tf import export_lib
 from agkd_tf import losses
 from agkd_tf import methods
+from agkd_tf import run_dir
 from agkd_tf import strategy_utils
 from agkd_tf import train_lib
+from agkd_tf import train_step
 from agkd_tf.errors import UserError
 from agkd_tf.methods import agkd_bml
 from tests import helpers
@@ -172,7 +173,7 @@ def test_every_backward_sample_has_the_most_confusing_label(splits):
 
 
 def _steps(method, strategy, batch, n):
-  step = train_lib.make_step_fn(method, strategy, False)
+  step = train_step.make_step_fn(method, strategy, False)
   ds = tf.data.Dataset.from_tensors(batch).repeat()
   if strategy.num_replicas_in_sync > 1:
     ds = strategy.experimental_distribute_dataset(ds.unbatch().batch(int(batch[1].shape[0])))
@@ -279,7 +280,7 @@ def test_student_starts_from_the_teacher_which_never_changes(splits, teacher_run
                                  teacher_dir=teacher_run, attack_steps=1, lr=0.05,
                                  lr_schedule='constant', epochs=1, batch_size=16)
   network, method, _ = train_lib.build_method(config, splits, strategy)
-  saved, _ = export_lib.load_network(teacher_run)
+  saved, _ = run_dir.load_network(teacher_run)
   for a, b in zip(network.weights, saved.weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
   assert not method.teacher.trainable_variables

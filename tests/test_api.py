@@ -10,11 +10,11 @@ import tensorflow as tf
 
 import agkd_tf
 from agkd_tf import data as data_lib
-from agkd_tf import export_lib
 from agkd_tf import io_utils
 from agkd_tf import methods
 from agkd_tf import models
 from agkd_tf import optim
+from agkd_tf import run_dir
 from agkd_tf import train_lib
 from agkd_tf.data import pipeline
 from tests.conftest import run_binary
@@ -214,7 +214,7 @@ def test_fit_and_the_training_binary_give_the_same_weights(tmp_path):
   splits = data_lib.load(config.dataset, None, config.train_examples, config.test_examples,
                          config.seed)
   train_lib.train(config, splits=splits)
-  binary, _ = export_lib.load_network(config.model_dir)
+  binary, _ = run_dir.load_network(config.model_dir)
 
   # The same network, seed, strategy and batches through the Python API. The strategy matters:
   # the method's random generator draws per replica under a strategy scope, and the binary

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from agkd_tf import attacks as attacks_lib
 from agkd_tf import evaluate_lib
+from agkd_tf import masking
 from agkd_tf import report
 from agkd_tf import train_lib
 from agkd_tf.errors import UserError
@@ -112,17 +113,17 @@ def test_saved_model_with_probabilities_or_wrong_input_is_refused(tmp_path):
 
 def test_masking_flags():
   honest = {'clean': 80.0, 'pgd20': 45.0, 'cw20': 44.0, 'aa': 42.0}
-  assert not evaluate_lib.masking_flags(honest, {'eps_sweep': {'0.01': 60.0, '0.03': 45.0,
+  assert not masking.masking_flags(honest, {'eps_sweep': {'0.01': 60.0, '0.03': 45.0,
                                                                  '0.06': 5.0}})
   # AA on a subset is compared with PGD-20 on that same subset, in both directions.
   subset = {'clean': 80.0, 'pgd20': 45.0, 'cw20': 44.0, 'aa': 30.0}
-  assert not evaluate_lib.masking_flags(subset, {'pgd20_on_aa_examples': 32.0,
+  assert not masking.masking_flags(subset, {'pgd20_on_aa_examples': 32.0,
                                                   'aa_examples': 200})
   hidden = {'clean': 80.0, 'pgd20': 35.0, 'cw20': 34.0, 'aa': 33.0}
-  assert 'on the same 200 images' in ' '.join(evaluate_lib.masking_flags(
+  assert 'on the same 200 images' in ' '.join(masking.masking_flags(
       hidden, {'pgd20_on_aa_examples': 45.0, 'aa_examples': 200}))
   masked = {'clean': 80.0, 'pgd20': 60.0, 'cw20': 58.0, 'aa': 33.0}
-  flags = evaluate_lib.masking_flags(masked, {
+  flags = masking.masking_flags(masked, {
       'pgd20_restarts': 50.0, 'transfer_pgd20': 40.0,
       'eps_sweep': {'0.01': 61.0, '0.03': 60.0, '0.06': 62.0}, 'random_outputs': True,
       'large_eps': 64 / 255, 'pgd20_large_eps': 40.0})
@@ -133,15 +134,15 @@ def test_masking_flags():
   assert 'margin loss is fooled as well' in text
   # MART-like: CW-20 already finds what AA finds, so the gap is cross-entropy's alone.
   mart_like = {'clean': 42.0, 'pgd20': 27.6, 'cw20': 21.0, 'aa': 20.4}
-  text = ' '.join(evaluate_lib.masking_flags(mart_like, {'aa_examples': 500}))
+  text = ' '.join(masking.masking_flags(mart_like, {'aa_examples': 500}))
   assert 'AutoAttack (20.40%)' in text and 'specific to the cross-entropy loss' in text
   # CW-20 on other images than AA's proves nothing either way.
-  text = ' '.join(evaluate_lib.masking_flags(mart_like, {'aa_examples': 200,
+  text = ' '.join(masking.masking_flags(mart_like, {'aa_examples': 200,
                                                           'pgd20_on_aa_examples': 27.6}))
   assert 'AutoAttack' in text and 'CW-20' not in text
   # An AT-like model keeps accuracy at twice its training eps; only the large eps must reach ~0.
   at_like = {'clean': 50.0, 'pgd20': 27.4, 'aa': 23.0}
-  assert not evaluate_lib.masking_flags(at_like, {
+  assert not masking.masking_flags(at_like, {
       'eps_sweep': {'0.0078': 43.6, '0.0157': 37.8, '0.0314': 27.4, '0.0627': 12.6},
       'large_eps': 64 / 255, 'pgd20_large_eps': 0.4})
 
@@ -156,7 +157,7 @@ def test_knn_tsne_and_masking_outputs(trained_run, tmp_path):
   assert 0 <= knn['pgd20']['knn'] <= 100
   assert os.path.isfile(tmp_path / 'k' / 'eps_sweep.png')
   # The all but unbounded attack runs too, and is at least as strong as PGD-20 at 8/255.
-  assert result['large_eps'] == evaluate_lib.LARGE_EPS
+  assert result['large_eps'] == masking.LARGE_EPS
   assert 0 <= result['pgd20_large_eps'] <= result['accuracy']['pgd20']
   assert os.path.isfile(tmp_path / 'k' / 'tsne_grid.png')
   assert len(result['tsne']) == 11  # The grid plus one figure per class.

@@ -11,6 +11,7 @@ from agkd_tf import data
 from agkd_tf import losses
 from agkd_tf import methods
 from agkd_tf import train_lib
+from agkd_tf import train_step
 from agkd_tf.attacks import kl_pgd
 from tests import helpers
 
@@ -244,7 +245,7 @@ def test_attacks_stay_in_the_ball_and_climb_their_objective(splits, name):
 
 
 def _one_step(method, strategy, batch):
-  step = train_lib.make_step_fn(method, strategy, False)
+  step = train_step.make_step_fn(method, strategy, False)
   for m in method.metrics:
     m.reset_state()
   logs = step(iter(tf.data.Dataset.from_tensors(batch).repeat()))

@@ -36,6 +36,7 @@ import pytest
 import tensorflow as tf
 
 from agkd_tf import launch
+from agkd_tf import run_dir
 from agkd_tf import train_lib
 from tests import conftest
 
@@ -150,7 +151,7 @@ def test_a_killed_worker_brings_the_run_down_and_a_rerun_rejoins(tmp_path, one_w
   model_dir = str(tmp_path / 'run')
   # Both workers stop after checkpoint 3 of 8 and wait there, so the kill always lands mid-run,
   # however fast the machine.
-  two = _launch(model_dir, env={**_env(), train_lib.PAUSE_ENV: str(_PAUSE_AT)})
+  two = _launch(model_dir, env={**_env(), run_dir.PAUSE_ENV: str(_PAUSE_AT)})
   deadline = time.time() + _TIMEOUT
   pid = None
   # The chief's line: its checkpoint files are complete (a worker's own line may come first).

@@ -26,6 +26,7 @@ import tensorflow as tf
 from agkd_tf import data
 from agkd_tf import strategy_utils
 from agkd_tf import train_lib
+from agkd_tf import train_step
 from agkd_tf.errors import UserError
 from agkd_tf.methods import natural
 from tests import conftest
@@ -99,7 +100,7 @@ def test_skip_batch_step_changes_nothing_but_the_step_counter(monkeypatch, kind,
   strategy = _strategy(replicas)
   network, method, optimizer, iterator = _built(strategy)
   with strategy.scope():
-    step = train_lib.make_step_fn(method, strategy, False, 'skip_batch')
+    step = train_step.make_step_fn(method, strategy, False, 'skip_batch')
     first = lambda x: strategy.experimental_local_results(x)[0]
     _, _, bad = step(iterator)
     assert not bool(first(bad))
@@ -128,7 +129,7 @@ def test_stop_policy_agrees_across_replicas(monkeypatch):
   _poison(monkeypatch, 'loss', steps=[1], replica=1)
   strategy = _strategy(2)
   _, method, _, iterator = _built(strategy)
-  step = train_lib.make_step_fn(method, strategy, False, 'stop')
+  step = train_step.make_step_fn(method, strategy, False, 'stop')
   assert not any(strategy.experimental_local_results(step(iterator)[2]))
   # Replica 0's own loss is finite; it must stop all the same.
   logs, _, bad = step(iterator)

@@ -13,12 +13,13 @@ import tensorflow as tf
 
 from agkd_tf import data
 from agkd_tf import eval_lib
-from agkd_tf import export_lib
 from agkd_tf import methods
 from agkd_tf import models
 from agkd_tf import optim
+from agkd_tf import run_dir
 from agkd_tf import strategy_utils
 from agkd_tf import train_lib
+from agkd_tf import train_step
 from agkd_tf.errors import UserError
 from tests import helpers
 
@@ -53,7 +54,7 @@ def test_loss_goes_down_on_a_fixed_batch():
   config = train_lib.TrainConfig(model_dir='unused', model='cnn-cpu', lr=0.05,
                                  lr_schedule='constant', epochs=1, batch_size=64)
   _, method, _ = train_lib.build_method(config, splits, strategy)
-  step = train_lib.make_step_fn(method, strategy, False)
+  step = train_step.make_step_fn(method, strategy, False)
   batch = (tf.constant(splits.x_train, tf.float32) / 255.0, tf.constant(splits.y_train))
   batches = iter(tf.data.Dataset.from_tensors(batch).repeat())
   losses = []
@@ -71,7 +72,7 @@ def _train_steps(strategy, make_network, batches, lr=0.1):
     opt = optim.TorchSGD(lr, 0.9, False, 5e-4)
     method.compile(optimizer=opt)
     opt.build(network.trainable_variables)
-  step = train_lib.make_step_fn(method, strategy, False)
+  step = train_step.make_step_fn(method, strategy, False)
   ds = tf.data.Dataset.from_tensor_slices((tf.stack([b[0] for b in batches]),
                                            tf.stack([b[1] for b in batches])))
   if strategy.num_replicas_in_sync > 1:
@@ -111,8 +112,8 @@ def test_training_loop_runs_under_two_mirrored_replicas(tmp_path):
 
 
 def _assert_same_weights(run_a, run_b):
-  a, _ = export_lib.load_network(run_a)
-  b, _ = export_lib.load_network(run_b)
+  a, _ = run_dir.load_network(run_a)
+  b, _ = run_dir.load_network(run_b)
   for va, vb in zip(a.weights, b.weights):
     np.testing.assert_allclose(va.numpy(), vb.numpy(), atol=1e-5)
 
@@ -149,7 +150,7 @@ def test_init_from_starts_any_method_from_a_finished_run(tmp_path):
   natural = _config(tmp_path, model_dir=str(tmp_path / 'natural'), max_steps=3, export=False,
                     eval_attack_steps=0)
   train_lib.train(natural, strategy=strategy)
-  finished, _ = export_lib.load_network(natural.model_dir)
+  finished, _ = run_dir.load_network(natural.model_dir)
   splits = data.load('synthetic:8', None, 256, 64, 1)
   for method in ('at', 'trades'):
     config = _config(tmp_path, method=method, attack_steps=1, init_from=natural.model_dir)
@@ -199,7 +200,7 @@ def test_export_round_trip(tmp_path):
   assert not [d for d in os.listdir(config.model_dir) if d.startswith('.export')]
   loaded = tf.saved_model.load(export_dir)
   serve = loaded.signatures['serving_default']
-  network, spec = export_lib.load_network(config.model_dir)
+  network, spec = run_dir.load_network(config.model_dir)
   x = np.random.RandomState(0).rand(5, 8, 8, 3).astype(np.float32)
   out = serve(images=tf.constant(x))
   expected = network(x, training=False)['logits'].numpy()
@@ -240,7 +241,7 @@ def test_madry_at_step_lowers_the_adversarial_loss():
   y = tf.constant(splits.y_train)
   x_adv = method.adversarial(x, y)
   assert float(tf.reduce_max(tf.abs(x_adv - x))) <= 8 / 255 + 1e-6
-  step = train_lib.make_step_fn(method, strategy, False)
+  step = train_step.make_step_fn(method, strategy, False)
   batches = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
   losses = []
   for _ in range(12):

@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from agkd_tf import errors
+from agkd_tf import eval_report
 from agkd_tf import evaluate_lib
 from agkd_tf.api import network as network_lib
 
@@ -19,7 +20,7 @@ class Report(dict):
   """The evaluator's report (eval.json's content) with `to_markdown()` (eval.md's)."""
 
   def to_markdown(self):
-    return evaluate_lib.markdown(self)
+    return eval_report.markdown(self)
 
 
 def _loaded_model(model, name):

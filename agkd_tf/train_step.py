@@ -1,0 +1,192 @@
+"""The compiled training step: one distributed step per call, with the non-finite policy.
+
+`make_step_fn` compiles a method's `train_step` under a tf.distribute strategy, with `next()` of
+the batch iterator inside the traced function. A non-finite loss either stops the run
+(`nan_policy='stop'`: the trainer raises, nothing is saved) or, with `'skip_batch'`, leaves the
+step without effect (`_NonFiniteGuard`). `distribute` hands each replica its slice of the global
+batch.
+"""
+
+import math
+import threading
+
+import keras
+import tensorflow as tf
+
+from agkd_tf import strategy_utils
+
+NAN_POLICIES = ('stop', 'skip_batch')
+
+
+def first_replica(values, strategy):
+  # The strategy is passed, not read with tf.distribute.get_strategy(): the training loop runs
+  # outside `strategy.scope()`, where that returns the default strategy, which leaves a
+  # MirroredStrategy's PerReplica values unsplit.
+  return {k: strategy.experimental_local_results(v)[0] for k, v in values.items()}
+
+
+class _NonFiniteGuard:
+  """Makes an optimiser leave every variable untouched on a step whose loss is not finite.
+
+  Installed on the optimiser instance for `nan_policy='skip_batch'`, so no method has to know:
+  `Method.train_step` hands its total loss to `optimizer.scale_loss` and its gradients to
+  `optimizer.apply`, which is all the guard needs.
+
+  - `scale_loss` notes this replica's loss.
+  - `apply` turns every gradient into NaN when that loss, or any gradient, is not finite. The
+    all-reduce sums gradients, so afterwards every replica holds NaN gradients when *any* replica
+    had a bad batch, and all replicas decide alike without a collective of their own.
+  - `update_step` (per variable, after the all-reduce) runs under a `tf.cond` on finite gradients.
+    A skipped variable keeps its value and its momentum; zeroing the gradient would not do, since
+    coupled weight decay and momentum would still move the weights.
+  The iteration counter still advances: the batch was consumed, and resume, the lr schedule and
+  the (seed, step) random draws all count batches.
+  """
+
+  def __init__(self, optimizer):
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+      raise ValueError('the non-finite guard does not wrap a LossScaleOptimizer')
+    self._local = threading.local()  # MirroredStrategy traces each replica in its own thread.
+    scale_loss, apply, update_step = (optimizer.scale_loss, optimizer.apply,
+                                      optimizer.update_step)
+
+    def guarded_scale_loss(loss):
+      self._local.loss = loss
+      return scale_loss(loss)
+
+    def guarded_apply(grads, trainable_variables=None):
+      loss = getattr(self._local, 'loss', None)
+      bad = (tf.constant(False) if loss is None else
+             tf.logical_not(tf.math.is_finite(tf.cast(loss, tf.float32))))
+      for g in grads:
+        if g is not None:
+          bad = tf.logical_or(bad, tf.logical_not(tf.reduce_all(tf.math.is_finite(g))))
+      self._local.nonfinite = bad
+      poison = tf.where(bad, tf.constant(float('nan')), tf.constant(0.0))
+      grads = [g if g is None else g + tf.cast(poison, g.dtype) for g in grads]
+      return apply(grads, trainable_variables)
+
+    def guarded_update_step(gradient, variable, learning_rate):
+      def update():
+        update_step(gradient, variable, learning_rate)
+      tf.cond(tf.reduce_all(tf.math.is_finite(gradient)), update, lambda: None)
+
+    optimizer.scale_loss = guarded_scale_loss
+    optimizer.apply = guarded_apply
+    optimizer.update_step = guarded_update_step
+
+  def nonfinite(self):
+    """Whether this replica's last traced step had a non-finite loss or gradient."""
+    return self._local.nonfinite
+
+
+def make_step_fn(method, strategy, jit_compile, nan_policy=None):
+  """One distributed train step on the next batch of an iterator, compiled.
+
+  As in Keras's own trainer, `next(iterator)` happens inside the traced function, so tf.data hands
+  the batch to the step without a round trip through Python tensors.
+
+  Args:
+    method: a built and compiled `methods.Method`.
+    strategy: the strategy it was built under.
+    jit_compile: XLA for the replica step.
+    nan_policy: None for the plain step; 'stop' or 'skip_batch' to also report non-finite
+      losses, agreed across all replicas. 'skip_batch' installs `_NonFiniteGuard` on the
+      optimiser and restores what the forward pass changed (BatchNorm moving statistics, the
+      loss and accuracy trackers) when the step is skipped.
+
+  Returns:
+    `step_fn(iterator)`. Without `nan_policy` it returns the method's logs (per replica); with one,
+    `(logs, step_logs, nonfinite)`: the logs after the policy, the logs as the step computed them
+    (they name the bad term) and whether any replica's loss was not finite.
+  """
+  if nan_policy is None:
+    replica_step = tf.function(method.train_step, jit_compile=jit_compile,
+                               reduce_retracing=True)
+  elif nan_policy in NAN_POLICIES:
+    replica_step = tf.function(_policy_step(method, nan_policy), jit_compile=jit_compile,
+                               reduce_retracing=True)
+  else:
+    raise ValueError(f'unknown nan policy {nan_policy!r}')
+
+  @tf.function(reduce_retracing=True)
+  def step_fn(iterator):
+    return strategy.run(replica_step, args=(next(iterator),))
+
+  return step_fn
+
+
+def _policy_step(method, nan_policy):
+  """The replica step of `make_step_fn` with a non-finite check (and, skip_batch, the guard)."""
+  guard = None
+  if nan_policy == 'skip_batch':
+    # Once per optimiser: a second guard would only check the same thing twice.
+    guard = getattr(method.optimizer, '_nonfinite_guard', None) or _NonFiniteGuard(
+        method.optimizer)
+    method.optimizer._nonfinite_guard = guard  # pylint: disable=protected-access
+  kept = []
+  if guard:
+    # What the forward pass changes outside the optimiser. The frozen teacher is left out: it is
+    # never updated, and copying a WRN's weights every step would cost for nothing.
+    teacher = {id(v) for v in method.teacher.weights} if method.teacher is not None else set()
+    seen = set()
+    for v in list(method.non_trainable_variables) + [v for m in method.metrics
+                                                     for v in m.variables]:
+      if id(v) not in teacher and id(v) not in seen:
+        seen.add(id(v))
+        kept.append(v)
+
+  def step(data):
+    before = [tf.identity(v.value) for v in kept]
+    logs = method.train_step(data)
+    if guard:
+      bad = guard.nonfinite()
+    else:
+      bad = tf.logical_not(tf.math.is_finite(logs[method.loss_terms[0]]))
+    # Every replica must take the same decision, or their weights (and, across workers, their
+    # collectives) part ways.
+    count = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, tf.cast(bad, tf.float32))
+    bad = count > 0
+    if not guard:
+      return logs, logs, bad
+    for v, old in zip(kept, before):
+      v.assign(tf.where(bad, old, v.value))
+    return {m.name: m.result() for m in method.metrics}, logs, bad
+
+  return step
+
+
+def distribute(ds, strategy, global_batch_size):
+  """The distributed form of a dataset of global batches.
+
+  One replica: the dataset itself. OneDeviceStrategy's distributed-dataset wrapper halved
+  throughput on our CPUs (its prefetch competes with the step for the two cores).
+
+  Several workers: each input pipeline takes its own contiguous slice of every global batch, so
+  replica r of N sees examples [r B/N, (r + 1) B/N) of the batch a single device would see, and
+  the all-reduced update equals the single-device one. tf.data's auto-sharding is not used: on an
+  in-memory dataset it falls back to sharding by element, whose order we would not control.
+  """
+  replicas = strategy.num_replicas_in_sync
+  if replicas == 1:
+    return ds
+  if strategy_utils.num_workers(strategy) <= 1:
+    return strategy.experimental_distribute_dataset(ds)
+
+  def dataset_fn(context):
+    pipelines = context.num_input_pipelines
+    per_pipeline = global_batch_size // pipelines
+    start = context.input_pipeline_id * per_pipeline
+    local = ds.map(lambda *parts: tuple(p[start:start + per_pipeline] for p in parts))
+    local_replicas = replicas // pipelines
+    if local_replicas > 1:
+      local = local.rebatch(per_pipeline // local_replicas, drop_remainder=True)
+    return local
+
+  return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def describe_bad_terms(logs, loss_terms):
+  bad = [n for n in loss_terms[1:] if not math.isfinite(float(logs.get(n, 0.0)))]
+  return ', '.join(bad) if bad else loss_terms[0]
