@@ -167,7 +167,8 @@ def method_config(config, flip=True, num_train=0):
   if smoothing is None:
     smoothing = methods.get(config.method).default_label_smoothing
   return methods.MethodConfig(
-      label_smoothing=smoothing, flip=flip, num_train=num_train, trades_beta=config.trades_beta,
+      label_smoothing=smoothing, flip=flip, augment=config.augment, num_train=num_train,
+      trades_beta=config.trades_beta,
       cat_loss=config.cat_loss, agkd_loss=config.agkd_loss, agkd_attack=config.agkd_attack,
       eps=config.eps, step_size=config.step_size,
       attack_steps=config.attack_steps, mart=config.mart, mart_beta=config.mart_beta,

@@ -172,6 +172,17 @@ def test_every_backward_sample_has_the_most_confusing_label(splits):
   np.testing.assert_array_equal(draw(classes)[1].numpy(), classes.numpy())
 
 
+def test_backward_samples_are_not_augmented_under_noaugment(splits):
+  method, _ = _method(splits, augment=False)
+  classes = tf.constant(np.random.RandomState(1).randint(0, splits.num_classes, 32), tf.int32)
+  images, labels = method.draw_backward_samples(classes)
+  np.testing.assert_array_equal(labels.numpy(), classes.numpy())
+  x = splits.x_train.astype(np.float32) / 255.0
+  for img, c in zip(images.numpy(), classes.numpy()):
+    # Exactly a training image of class c: no crop offset, no flip.
+    assert min(np.abs(x[i] - img).max() for i in np.flatnonzero(splits.y_train == c)) < 1e-6
+
+
 def _steps(method, strategy, batch, n):
   step = train_step.make_step_fn(method, strategy, False)
   ds = tf.data.Dataset.from_tensors(batch).repeat()

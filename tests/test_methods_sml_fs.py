@@ -70,6 +70,19 @@ def test_sml_batch_negatives_differ_in_class_and_anchors_stay_in_the_ball(splits
 # --- Feature Scattering -----------------------------------------------------------------------
 
 
+def test_sml_draws_bank_images_as_they_are_under_noaugment(splits):
+  method, _ = bank_methods.build(splits, 'sml', augment=False)
+  seeds = tf.constant([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]], tf.int32)  # [2, streams]
+  pool, pool_labels = method.draw_pool(24, seeds)
+  x = splits.x_train.astype(np.float32) / 255.0
+  for img, c in zip(pool.numpy(), pool_labels.numpy()):
+    assert min(np.abs(x[i] - img).max() for i in np.flatnonzero(splits.y_train == c)) < 1e-6
+  augmented, _ = bank_methods.build(splits, 'sml')
+  # With augmentation, the same draw is cropped or flipped somewhere in the pool.
+  moved, _ = augmented.draw_pool(24, seeds)
+  assert np.abs(moved.numpy() - pool.numpy()).max() > 1e-3
+
+
 def test_feature_scatter_step_stays_in_the_ball_and_raises_the_transport(splits):
   method, _ = bank_methods.build(splits, 'feature_scatter', attack_steps=1, label_smoothing=0.5)
   x, _, _ = bank_methods.batch(splits, 16)

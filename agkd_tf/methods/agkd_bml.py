@@ -179,7 +179,8 @@ class AGKDBML(base.Method):
     """One clean training image of each class in `classes`, from the class bank (in-graph).
 
     As the official `trainset[idx]`, the draw goes through the training augmentation (random
-    crop with 4-pixel padding, and a horizontal flip where the dataset allows it).
+    crop with 4-pixel padding, and a horizontal flip where the dataset allows it), unless the run
+    trains without augmentation (`--noaugment`): then the bank images come as they are.
 
     Returns:
       (images [B, H, W, C] float32 in [0, 1], labels [B] equal to `classes`).
@@ -188,6 +189,8 @@ class AGKDBML(base.Method):
     u = self._replica_draw(lambda n, s: tf.random.stateless_uniform([n], s), b, stream=3)
     idx = self.class_bank.sample_indices(classes, u)
     images = self.class_bank.gather_images(idx)
+    if not self.config.get('augment', True):
+      return images, tf.gather(self.class_bank.labels, idx)
     offsets = self._replica_draw(
         lambda n, s: tf.random.stateless_uniform([n, 2], s, 0, 2 * _PAD + 1, dtype=tf.int32),
         b, stream=4)

@@ -15,7 +15,8 @@ recipe is `docs/algorithms.md` ("SML / TLA"). One step on a batch (x, y):
    (margin 0.03, norm weight 0.001) of `losses.angular_triplet`.
 
 As the official sampler, the pool and the second positive go through the training augmentation
-(random crop with 4-pixel padding, and a flip where the dataset allows it). x_pos2 can be x itself
+(random crop with 4-pixel padding, and a flip where the dataset allows it); with `--noaugment`
+they do not, as no training image does. x_pos2 can be x itself
 with probability 1 / (images of the class), as in the official per-class sampler.
 
 BN modes in the loss (the recipe fixes only the attack's and the mining's): as the official TF1
@@ -60,6 +61,8 @@ class SML(base.Method):
     return self.network(images, training=training)
 
   def _augment(self, images, seed):
+    if not self.config.get('augment', True):  # --noaugment: the bank images as they are.
+      return images
     return pipeline.augment_batch(images, seed, flip=self.config.get('flip', True))
 
   def draw_pool(self, size, seeds):
