@@ -268,7 +268,8 @@ def table():
            'CIFAR-10 JPEG test images, AutoAttack (standard) on the same images. Every row '
            'trains cnn-cpu on the same class-balanced 10,000-image subset for 12 epochs, SGD lr '
            '0.1, momentum 0.9, weight decay 2e-4, lr x0.1 after epochs 6 and 9 '
-           '(flags/bench_cpu/recipe/); the teachers train on all 50,000 images for 12 epochs. '
+           '(flags/bench_cpu/recipe/); the teachers are flags/cifar10_natural_cpu.cfg (all '
+           '50,000 images, 12 cosine epochs) with label smoothing 0.5 or 0. '
            f'Runs in {FLAGS.runs_dir}. "train s/epoch" is each run\'s own, possibly on a shared '
            'machine; the same-process ratio is bench/equal_time.py --study=recipe' +
            (f' ({timing["date"]})' if timing else ' (not run yet)') + '.')
@@ -297,8 +298,9 @@ def readme():
   if result.get('missing'):
     lines += ['', 'Not yet trained and evaluated: ' + ', '.join(
         f'`{k}`' for k in result['missing']) + '.']
-  lines += ['', f'Written from bench/results/{FLAGS.name}.json ({result["date"]}); '
-            'command: `python bench/recipe_study.py --stages=train,eval,table,readme`.']
+  lines += ['', f'Written from bench/results/{FLAGS.name}.json ({result["date"]}), tabled by '
+            f'`{result["command"]}` after `python bench/recipe_study.py --stages=train,eval` '
+            'trained and evaluated the rows.']
   common.readme_block('recipe_study', lines, FLAGS.readme)
   print(f'{FLAGS.readme}: recipe_study block rewritten ({len(result["rows"])} rows)')
 
