@@ -3,7 +3,9 @@
 Library code raises `UserError` for anything the user can fix (an unknown name, a missing file, a
 checkpoint from another model). The binaries run their `main` through `run_main`, which prints
 `error: <message>` and exits with status 2 instead of a traceback wall. Flag parsing errors from
-absl (unknown flag, failed validator, malformed or missing flagfile) take the same path.
+absl (unknown flag, failed validator, malformed or missing flagfile) take the same path. A run
+stopped by a signal after saving its state (`Stopped`) prints `stopped: <message>` and exits with
+128 + the signal's number.
 """
 
 import contextlib
@@ -18,6 +20,18 @@ EXIT_USER_ERROR = 2
 
 class UserError(Exception):
   """An error the user can fix; shown as one line without a traceback."""
+
+
+class Stopped(Exception):
+  """A run stopped on request (SIGTERM, Ctrl-C) after saving its state; it resumes on a rerun.
+
+  The binaries print the message as one line and exit with 128 + the signal's number, the status
+  a shell reports for a process killed by that signal, so job schedulers treat it alike.
+  """
+
+  def __init__(self, message, signum):
+    super().__init__(message)
+    self.signum = signum
 
 
 @contextlib.contextmanager
@@ -55,5 +69,9 @@ def run_main(main):
       return main(argv)
     except UserError as e:
       fail(e)
+    except Stopped as e:
+      sys.stderr.write(f'stopped: {e}\n')
+      sys.stderr.flush()
+      sys.exit(128 + e.signum)
 
   app.run(wrapped, flags_parser=_parse_flags)

@@ -326,8 +326,9 @@ def train(config: TrainConfig, strategy=None, splits=None):
 
   loop = train_loop.Loop(config, splits, strategy, network, method, optimizer, checkpoints,
                          writer, start_step, restored)
-  while loop.step < loop.total_steps:
-    loop.run_epoch()
+  with train_loop.stop_on_signals(loop, strategy_utils.num_workers(strategy) == 1):
+    while loop.step < loop.total_steps:
+      loop.run_epoch()
 
   checkpoints.close()
   if not checkpoints.chief:

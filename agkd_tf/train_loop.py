@@ -5,9 +5,18 @@ restored step. Resume is exact: the data order and augmentation of every epoch a
 (seed, epoch), so a run restored at global step k rebuilds its epoch and skips the batches already
 trained. A checkpoint is saved every `checkpoint_every_steps` and at every epoch end, counted with a
 plain step number so that every worker of a multi-worker run decides alike.
+
+A single-worker run asked to stop (SIGTERM from a scheduler or `bench/recipe_study.py
+--max_minutes`, Ctrl-C) finishes its current step, saves a checkpoint and raises `errors.Stopped`,
+so no more than one step is lost however far apart the periodic checkpoints are. A multi-worker
+run keeps the default action: its workers would see the signal at different steps, and a worker
+that stops to save while the others enter the next step's all-reduce would hang them all.
 """
 
+import contextlib
+import signal
 import sys
+import threading
 import time
 
 from absl import logging
@@ -18,8 +27,11 @@ from agkd_tf import data as data_lib
 from agkd_tf import eval_lib
 from agkd_tf import strategy_utils
 from agkd_tf import train_step
+from agkd_tf import errors
 from agkd_tf.data import pipeline
 from agkd_tf.errors import UserError
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Loop:
@@ -40,6 +52,7 @@ class Loop:
     self.step_fn = train_step.make_step_fn(method, strategy, self.jit, config.nan_policy)
     self.train_seconds, self.timed_images, self.skipped = 0.0, 0, 0
     self.logs = {}
+    self.stop_signal = None  # Set by the handler of `stop_on_signals`.
     # Held-out subset for periodic evaluation: class-balanced, fixed by the seed.
     idx = data_lib.balanced_indices(splits.y_test, config.eval_examples, splits.num_classes,
                                     config.seed + 2)
@@ -85,6 +98,15 @@ class Loop:
     self.checkpoints.save(self.step)
     self.saved_step = self.step
 
+  def _stop(self):
+    if self.saved_step != self.step:
+      self._save()
+    self.checkpoints.close()
+    name = signal.Signals(self.stop_signal).name
+    raise errors.Stopped(
+        f'{name} at step {self.step} of {self.total_steps}; checkpoint saved in '
+        f'{self.checkpoints.directory}; rerun the same command to resume', self.stop_signal)
+
   def run_epoch(self):
     """Trains from the current step to the end of its epoch (or total_steps)."""
     c = self.config
@@ -122,6 +144,8 @@ class Loop:
         window_start, window_images = now, 0
       if c.checkpoint_every_steps and self.step % c.checkpoint_every_steps == 0:
         self._save()
+      if self.stop_signal is not None:
+        self._stop()
       if self.step >= self.total_steps:
         break
     # A plain counter rather than the manager's state: all workers must decide alike, and a
@@ -177,3 +201,37 @@ class Loop:
       result['eps'] = c.eps
     self.summaries.eval_accuracies(accuracies, self.step)
     return result
+
+
+@contextlib.contextmanager
+def stop_on_signals(loop, enabled=True):
+  """While the loop runs, SIGTERM and SIGINT ask it to save and stop after the current step.
+
+  The first signal only sets `loop.stop_signal` (a step runs in TensorFlow, which a Python handler
+  cannot interrupt); the previous handlers come back at once, so a second signal acts as before.
+  Without `enabled` (multi-worker runs), or off the main thread, where Python allows no handlers,
+  the signals keep their default action.
+  """
+  if not enabled or threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = {}
+
+  def restore():
+    for signum, handler in previous.items():
+      signal.signal(signum, handler)
+    previous.clear()
+
+  def on_signal(signum, frame):
+    del frame
+    loop.stop_signal = signum
+    logging.warning('%s received: stopping after this step, with a checkpoint.',
+                    signal.Signals(signum).name)
+    restore()
+
+  for signum in _STOP_SIGNALS:
+    previous[signum] = signal.signal(signum, on_signal)
+  try:
+    yield
+  finally:
+    restore()

@@ -146,8 +146,8 @@ def _call(cmd, log_path):
     try:
       code = proc.wait(timeout=None if left is None else max(left, 0) * 60)
     except subprocess.TimeoutExpired:
-      # SIGTERM: the binary stops like a preempted job; the training resumes from its last
-      # checkpoint on the next call, and an unfinished evaluation writes no eval.json.
+      # SIGTERM: the training saves a checkpoint after its current step and exits (143); it
+      # resumes from there on the next call. An unfinished evaluation writes no eval.json.
       proc.terminate()
       proc.wait()
       code = None

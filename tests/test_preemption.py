@@ -6,6 +6,8 @@
   counter moves. `stop` is tested in test_train.py
   (test_nan_loss_stops_with_the_last_good_checkpoint) and here across replicas.
 - A latest checkpoint that does not restore falls back to the one before it.
+- SIGTERM or Ctrl-C: the step in flight finishes, a checkpoint is saved, the binary prints one line
+  and exits with 128 + the signal, and the rerun resumes from that step.
 - `--deterministic` training killed with SIGKILL at three random points and rerun each time ends
   with the weights of an uninterrupted run, bit for bit (CPU).
 """
@@ -24,6 +26,7 @@ import pytest
 import tensorflow as tf
 
 from agkd_tf import data
+from agkd_tf import errors
 from agkd_tf import strategy_utils
 from agkd_tf import train_lib
 from agkd_tf import train_step
@@ -247,3 +250,66 @@ def test_kill_9_at_three_random_points_then_rerun_gives_the_same_weights(tmp_pat
   different = [n for n in a if not np.array_equal(a[n], b[n])]
   assert not different, (log, different)
   print('; '.join(log))
+
+
+def _signal_after(monkeypatch, signum, after_steps):
+  """Sends `signum` to this process once the loop has run `after_steps` steps."""
+  original = train_step.make_step_fn
+  calls = [0]
+
+  def make_step_fn(*args, **kwargs):
+    step_fn = original(*args, **kwargs)
+
+    def counted(iterator):
+      out = step_fn(iterator)
+      calls[0] += 1
+      if calls[0] == after_steps:
+        os.kill(os.getpid(), signum)
+      return out
+
+    return counted
+
+  monkeypatch.setattr(train_step, 'make_step_fn', make_step_fn)
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_after_the_current_step_and_the_rerun_finishes(tmp_path, monkeypatch,
+                                                                      signum):
+  # No periodic checkpoints: the only one before the end of epoch 1 (step 4) is the signal's.
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  config = _config(tmp_path, checkpoint_every_steps=0)
+  before = signal.getsignal(signum)
+  _signal_after(monkeypatch, signum, 3)
+  with pytest.raises(errors.Stopped, match=f'{signal.Signals(signum).name} at step 3 of 8') as e:
+    train_lib.train(config, strategy=strategy)
+  assert e.value.signum == signum
+  assert signal.getsignal(signum) is before  # The handler is gone with the loop.
+  ckpt_dir = os.path.join(config.model_dir, 'checkpoints')
+  assert tf.train.latest_checkpoint(ckpt_dir).endswith('-3')
+  assert not os.path.exists(os.path.join(config.model_dir, 'result.json'))
+  monkeypatch.undo()
+  result = train_lib.train(config, strategy=strategy)
+  assert result['start_step'] == 3 and result['steps'] == 8
+
+
+def test_the_binary_stopped_by_sigterm_prints_one_line_and_exits_143(tmp_path):
+  model_dir = str(tmp_path / 'run')
+  env = dict(os.environ)
+  env.pop('AGKD_TF_VERBOSE_IMPORT', None)
+  run = [a for a in _KILL_RUN if not a.startswith(('--epochs', '--verbose', '--checkpoint_every'))]
+  proc = subprocess.Popen([sys.executable, '-m', 'agkd_tf.train', f'--model_dir={model_dir}',
+                           *run, '--epochs=100', '--verbose=2', '--checkpoint_every_steps=0'],
+                          cwd=conftest.REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  # Epoch 1's line: the loop (and its handler) is running, with 99 epochs still to go.
+  for line in proc.stdout:
+    if line.startswith('epoch 1/100'):
+      break
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+  lines = err.strip().splitlines()
+  assert lines[-1].startswith('stopped: SIGTERM at step '), err[-2000:]
+  assert 'Traceback' not in err
+  step = int(re.search(r'at step (\d+) of 800', lines[-1]).group(1))
+  assert 8 <= step < 800 and _latest_step(model_dir) == step
