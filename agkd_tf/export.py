@@ -10,7 +10,7 @@ from absl import logging
 
 import agkd_tf  # pylint: disable=unused-import  (selects the Keras backend first)
 from agkd_tf import quiet_tensorflow  # pylint: disable=unused-import  (before TensorFlow)
-from agkd_tf import errors
+from agkd_tf.core import errors
 from agkd_tf import export_lib
 from agkd_tf import flags as agkd_flags
 

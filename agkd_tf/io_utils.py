@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 
-from agkd_tf.errors import UserError
+from agkd_tf.core.errors import UserError
 
 
 def write_json_atomic(path, obj):

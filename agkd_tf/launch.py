@@ -27,11 +27,10 @@ import time
 
 from absl import flags
 
-from agkd_tf import errors
+from agkd_tf import flags as agkd_flags
+from agkd_tf.core import errors
 
-flags.DEFINE_integer('workers', 2, 'Local worker processes.', lower_bound=1, upper_bound=64)
-flags.DEFINE_integer('timeout', 0, 'Stop all workers and fail after this many seconds (0: never).',
-                     lower_bound=0)
+agkd_flags.define_launch_flags()
 FLAGS = flags.FLAGS
 
 # How long a worker asked to stop (SIGTERM) may take before it is killed.

@@ -13,11 +13,12 @@ from absl import flags
 
 import agkd_tf  # pylint: disable=unused-import
 from agkd_tf import quiet_tensorflow  # pylint: disable=unused-import  (before TensorFlow)
-from agkd_tf import errors
-from agkd_tf import eval_report
+from agkd_tf import flags as agkd_flags
+from agkd_tf.core import errors
+from agkd_tf.evaluation import report as eval_report
 from agkd_tf import io_utils
 
-flags.DEFINE_string('output', None, 'Also write the table to this file.')
+agkd_flags.define_report_flags()
 FLAGS = flags.FLAGS
 
 

@@ -38,7 +38,7 @@ import tensorflow as tf
 from agkd_tf import io_utils
 from agkd_tf import models
 from agkd_tf import strategy_utils
-from agkd_tf.errors import UserError
+from agkd_tf.core.errors import UserError
 
 
 def check_existing_run(model_dir, config):

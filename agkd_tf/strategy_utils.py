@@ -15,7 +15,7 @@ import os
 
 import tensorflow as tf
 
-from agkd_tf.errors import UserError
+from agkd_tf.core.errors import UserError
 
 STRATEGIES = ('auto', 'one_device', 'mirrored', 'multi_worker')
 

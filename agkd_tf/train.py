@@ -7,13 +7,13 @@ A rerun of the same command resumes from the latest checkpoint in --model_dir. U
 all its workers.
 """
 
-import dataclasses
 
 from absl import flags
+from absl import logging
 
 import agkd_tf  # pylint: disable=unused-import  (selects the Keras backend first)
 from agkd_tf import quiet_tensorflow  # pylint: disable=unused-import  (before TensorFlow)
-from agkd_tf import errors
+from agkd_tf.core import errors
 from agkd_tf import flags as agkd_flags
 from agkd_tf import strategy_utils
 from agkd_tf import train_lib
@@ -24,15 +24,15 @@ FLAGS = flags.FLAGS
 
 def config_from_flags():
   """Maps the parsed flags onto a TrainConfig (plain values only)."""
-  fields = {f.name for f in dataclasses.fields(train_lib.TrainConfig)}
-  values = {name: FLAGS[name].value for name in fields if name in FLAGS}
-  values['lr_decay_epochs'] = tuple(int(e) for e in FLAGS.lr_decay_epochs)
-  return train_lib.TrainConfig(**values)
+  return train_lib.TrainConfig(**agkd_flags.values_from_flags(train_lib.TrainConfig))
 
 
 def main(argv):
   if len(argv) > 1:
     raise errors.UserError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if FLAGS['mart'].present:
+    logging.warning('--mart is deprecated and will be removed; it is now --agkd_mart (AGKD-BML\'s '
+                    'switch, not --method=mart).')
   strategy_utils.split_cpu(FLAGS.cpu_devices)
   train_lib.train(config_from_flags())
 

@@ -40,70 +40,116 @@ from agkd_tf import strategy_utils
 from agkd_tf import summaries as summaries_lib
 from agkd_tf import train_loop
 from agkd_tf import train_step
+from agkd_tf.core import options
+from agkd_tf.core.errors import UserError
+from agkd_tf.core.options import option
+from agkd_tf.core.options import REQUIRED
 from agkd_tf.data import pipeline
-from agkd_tf.errors import UserError
+from agkd_tf.methods import hparams
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """Everything a training run needs; the flags map onto it one to one."""
-  model_dir: str
-  dataset: str = 'cifar10'
-  data_dir: Optional[str] = None
-  train_examples: int = 0
-  test_examples: int = 0
-  model: str = 'wrn-28-10'
-  method: str = 'natural'
-  init_from: Optional[str] = None
-  label_smoothing: Optional[float] = None  # None: the method's official default.
-  eps: float = 8 / 255
-  step_size: float = 2 / 255
-  attack_steps: int = 10
-  teacher_dir: Optional[str] = None
-  teacher: str = 'dir'
-  teacher_epochs: int = 0
-  teacher_label_smoothing: float = 0.5
-  mart: bool = True
-  mart_beta: float = 6.0
-  attention: str = 'channel_sum'
-  metric: str = 'bml'
-  metric_weight: float = 2.0
-  margin: float = 0.03
-  norm_weight: float = 0.001
-  trades_beta: float = 6.0
-  attack_dtype: str = 'auto'
-  cat_loss: str = 'ce'
-  agkd_loss: str = 'official'
-  agkd_attack: str = 'targeted'
-  epochs: int = 200
-  batch_size: int = 128
-  lr: float = 0.1
-  momentum: float = 0.9
-  nesterov: bool = False
-  weight_decay: float = 2e-4
-  weight_decay_variables: str = 'all'
-  lr_schedule: str = 'piecewise'
-  lr_decay_epochs: Sequence[int] = (100, 150)
-  lr_decay_factor: float = 0.1
-  warmup_epochs: float = 0.0
-  strategy: str = 'auto'
-  jit_compile: str = 'auto'
-  mixed_precision: str = 'auto'
-  sync_bn: bool = False
-  augment: bool = True
-  seed: int = 0
-  checkpoint_every_steps: int = 1000
-  keep_checkpoints: int = 3
-  log_every_steps: int = 50
-  eval_every: int = 0
-  eval_examples: int = 1000
-  eval_attack_steps: int = 10
-  eval_batch_size: int = 256
-  verbose: int = 1
-  export: bool = True
-  max_steps: int = 0  # Stop after this many global steps (0: run all epochs); for tests.
-  deterministic: bool = False
-  nan_policy: str = 'stop'
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig(hparams.AllHParams):
+  """Everything a training run needs; the flags of `python -m agkd_tf.train` are its fields.
+
+  Each field states its default, help and range once (`core.options.option`); `agkd_tf.flags`
+  defines the flags from them. The methods' hyper-parameters (eps, attack_steps, trades_beta, ...)
+  are inherited from `methods.hparams.AllHParams`.
+  """
+  # The data.
+  dataset: str = option('cifar10', 'cifar10 | svhn | tiny_imagenet | folder:PATH | npz:PATH | '
+                        'synthetic[:SIZE] (synthetic is for tests and smoke runs only).')
+  data_dir: Optional[str] = option(None, 'TFDS data directory (cifar10, svhn) or the '
+                                   'tiny-imagenet-200 folder.')
+  train_examples: int = option(0, 'Class-balanced training subset size (0: all).', lower=0)
+  test_examples: int = option(0, 'Class-balanced test subset size (0: all).', lower=0)
+  seed: int = option(0, 'Seed of data order, augmentation, subsets and attacks.')
+  # The run.
+  model_dir: str = option(REQUIRED, 'Run directory (checkpoints, summaries, export).')
+  model: str = option('wrn-28-10', 'Network of the model zoo.')
+  method: str = option('natural', 'Training method (defence).')
+  init_from: Optional[str] = option(
+      None, 'A finished run (any method) whose network weights this run starts from, e.g. a '
+      'natural teacher to fine-tune robustly; it must have the same model, input shape and '
+      'classes. AGKD-BML starts from its teacher without it. A resumed run restores its own '
+      'checkpoint instead.')
+  # AGKD-BML's teacher (Wang et al., ICCV 2021): where it comes from.
+  teacher_dir: Optional[str] = option(None, 'AGKD-BML: a finished natural run whose network is '
+                                      'the frozen teacher (and the student\'s initial weights).')
+  teacher: str = option('dir', 'AGKD-BML: "dir" uses --teacher_dir; "train" first trains a '
+                        'natural teacher in --teacher_dir (default: MODEL_DIR/teacher) with this '
+                        'run\'s data, model and optimiser, for --teacher_epochs with decays at 50% '
+                        'and 75% of them (200: 100, 150).', choices=('dir', 'train'))
+  teacher_epochs: int = option(0, 'Epochs of a --teacher=train teacher (0: --epochs).', lower=0)
+  teacher_label_smoothing: float = option(0.5, 'Label smoothing of a --teacher=train teacher '
+                                          '(the official teacher uses 0.5).', lower=0.0,
+                                          upper=0.99)
+  # The optimiser.
+  epochs: int = option(200, 'Training epochs.', lower=1)
+  batch_size: int = option(128, 'Global batch size (summed over replicas).', lower=1,
+                           upper=65536)
+  lr: float = option(0.1, 'Base learning rate.', lower=0.0, lower_open=True, upper=10.0)
+  momentum: float = option(0.9, 'SGD momentum.', lower=0.0, upper=1.0)
+  nesterov: bool = option(False, 'Nesterov momentum.')
+  weight_decay: float = option(2e-4, 'PyTorch-style (coupled) weight decay.', lower=0.0,
+                               upper=1.0)
+  weight_decay_variables: str = option('all', 'Decay every parameter (PyTorch default) or '
+                                       'conv/dense kernels only.', choices=('all', 'kernels'))
+  lr_schedule: str = option('piecewise', 'Learning-rate schedule.',
+                            choices=('piecewise', 'cosine', 'constant'))
+  lr_decay_epochs: Sequence[int] = option(
+      (100, 150), 'Epochs at which lr is multiplied by --lr_decay_factor (piecewise).',
+      validator=(lambda v: all(str(e).strip().isdigit() for e in v),
+                 'must be a comma-separated list of epochs'))
+  lr_decay_factor: float = option(0.1, 'Piecewise decay factor.', lower=0.0, upper=1.0)
+  warmup_epochs: float = option(0.0, 'Linear warm-up epochs.', lower=0.0)
+  # Devices, compilation, precision and the input pipeline.
+  strategy: str = option('auto', 'auto | one_device | mirrored | multi_worker.', validator=(
+      lambda v: v in strategy_utils.STRATEGIES,
+      'must be one of ' + ', '.join(strategy_utils.STRATEGIES)))
+  jit_compile: str = option('auto', 'XLA for the train step (auto: on for GPU, off for CPU).',
+                            choices=('auto', 'true', 'false'))
+  mixed_precision: str = option('auto', 'Compute precision (auto: bfloat16 on GPU, float32 on '
+                                'CPU); logits stay float32.',
+                                choices=('auto', 'bfloat16', 'float16', 'float32'))
+  sync_bn: bool = option(False, 'Synchronise BatchNorm statistics across replicas.')
+  augment: bool = option(True, 'Random 4-pixel pad-and-crop and horizontal flip of the training '
+                         'images, as every official recipe does (--noaugment: off).')
+  # Checkpoints, logging, evaluation during training, export and failure policy.
+  checkpoint_every_steps: int = option(1000, 'Checkpoint interval in steps (plus every epoch '
+                                       'end).', lower=0)
+  keep_checkpoints: int = option(3, 'Checkpoints to keep.', lower=1)
+  log_every_steps: int = option(50, 'TensorBoard interval in steps.', lower=0)
+  eval_every: int = option(0, 'Evaluate clean and PGD accuracy on the held-out subset every N '
+                           'epochs (0: only at the end).', lower=0)
+  eval_examples: int = option(1000, 'Held-out test subset for PGD evaluation.', lower=1)
+  eval_attack_steps: int = option(10, 'PGD steps of the evaluation (0: clean only).', lower=0)
+  eval_batch_size: int = option(256, 'Evaluation batch size.', lower=1)
+  verbose: int = option(1, '0: quiet, 1: progress bar, 2: one line per epoch.', lower=0, upper=2)
+  export: bool = option(True, 'Export a SavedModel to model_dir/export at the end.')
+  max_steps: int = option(0, 'Stop after this many global steps (0: all epochs).', lower=0)
+  deterministic: bool = option(False, 'Deterministic ops '
+                               '(tf.config.experimental.enable_op_determinism) on top of the '
+                               'seeds, so a rerun, or a run resumed after a kill, gives the same '
+                               'weights bit for bit (slower, notably on GPU).')
+  nan_policy: str = option('stop', 'On a non-finite loss: "stop" with the step, the bad term and '
+                           'the last good checkpoint; "skip_batch" leaves weights, BatchNorm '
+                           'statistics, optimiser state and epoch means as they were before the '
+                           'step, logs it and goes on.', choices=train_step.NAN_POLICIES)
+
+
+# Groups of TrainConfig fields, in the order `--help` lists them (the method flags come from
+# `methods.hparams`, between the run's and the optimiser's).
+DATA_FIELDS = ('dataset', 'data_dir', 'train_examples', 'test_examples', 'seed')
+RUN_FIELDS = ('model_dir', 'model', 'method', 'init_from')
+TEACHER_FIELDS = ('teacher_dir', 'teacher', 'teacher_epochs', 'teacher_label_smoothing')
+OPTIMISER_FIELDS = ('epochs', 'batch_size', 'lr', 'momentum', 'nesterov', 'weight_decay',
+                    'weight_decay_variables', 'lr_schedule', 'lr_decay_epochs', 'lr_decay_factor',
+                    'warmup_epochs')
+RUNTIME_FIELDS = ('strategy', 'jit_compile', 'mixed_precision', 'sync_bn', 'augment')
+LOOP_FIELDS = ('checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps', 'eval_every',
+               'eval_examples', 'eval_attack_steps', 'eval_batch_size', 'verbose', 'export',
+               'max_steps', 'deterministic', 'nan_policy')
 
 
 NAN_POLICIES = train_step.NAN_POLICIES
@@ -113,20 +159,12 @@ def _check_config(config):
   methods.validate_name(config.method)
   models.validate_name(config.model)
   data_lib.validate_name(config.dataset)
-  if config.strategy not in strategy_utils.STRATEGIES:
-    raise UserError(f'unknown strategy "{config.strategy}"; valid: '
-                    f'{", ".join(strategy_utils.STRATEGIES)}')
-  if config.teacher not in ('dir', 'train'):
-    raise UserError(f'unknown teacher "{config.teacher}"; valid: dir, train')
+  problems = options.check(config)  # The ranges the flags check, for configs built in code.
+  if problems:
+    raise UserError(problems[0])
   if config.init_from and not os.path.isfile(os.path.join(config.init_from, 'model_spec.json')):
     raise UserError(f'--init_from={config.init_from} is not a finished training run (it has no '
                     'model_spec.json)')
-  check_method_hparams(config)
-  if config.lr_schedule not in ('piecewise', 'cosine', 'constant'):
-    raise UserError(f'unknown lr schedule "{config.lr_schedule}"; valid: piecewise, cosine, '
-                    'constant')
-  if config.nan_policy not in NAN_POLICIES:
-    raise UserError(f'unknown nan policy "{config.nan_policy}"; valid: {", ".join(NAN_POLICIES)}')
   if (config.nan_policy == 'skip_batch' and
       strategy_utils.resolve_precision(config.mixed_precision) == 'mixed_float16'):
     # The loss-scale optimiser already skips non-finite gradients, but without counting the
@@ -135,46 +173,25 @@ def _check_config(config):
                     'use bfloat16 or float32')
 
 
-# The TrainConfig fields that `method_config` hands to a method, the seed of its generator aside.
-# The Python API (`agkd_tf.defend`) takes exactly these as keywords, with the defaults above.
-METHOD_HPARAMS = ('label_smoothing', 'eps', 'step_size', 'attack_steps', 'mart', 'mart_beta',
-                  'attention', 'metric', 'metric_weight', 'margin', 'norm_weight', 'trades_beta',
-                  'attack_dtype', 'cat_loss', 'agkd_loss', 'agkd_attack')
-_CHOICES = {'attack_dtype': ('auto', 'float32', 'bfloat16'), 'cat_loss': ('ce', 'mix')}
+# The method hyper-parameters a run hands to its method (`method_config`), one definition each in
+# `methods.hparams`. The Python API (`agkd_tf.defend`) takes exactly these as keywords.
+METHOD_HPARAMS = hparams.names()
 
 
 def check_method_hparams(config):
   """Raises UserError for a method hyper-parameter out of its range or set of names."""
-  from agkd_tf.methods import agkd_bml  # pylint: disable=g-import-not-at-top
-  choices = dict(_CHOICES, attention=agkd_bml.ATTENTIONS, metric=agkd_bml.METRICS,
-                 agkd_loss=agkd_bml.LOSSES, agkd_attack=agkd_bml.FORWARD_ATTACKS)
-  for name, valid in choices.items():
-    if getattr(config, name) not in valid:
-      raise UserError(f'unknown {name} "{getattr(config, name)}"; valid: {", ".join(valid)}')
-  for name, upper in (('eps', 0.5), ('step_size', 0.5)):
-    value = getattr(config, name)
-    if not 0 <= value <= upper:
-      raise UserError(f'{name}={value} must lie in [0, {upper}] in pixel units (8/255 = 0.0314)')
-  if config.label_smoothing is not None and not 0 <= config.label_smoothing < 1:
-    raise UserError(f'label_smoothing={config.label_smoothing} must lie in [0, 1)')
-  if config.attack_steps < 0:
-    raise UserError(f'attack_steps={config.attack_steps} must be >= 0')
+  problems = hparams.check(config)
+  if problems:
+    raise UserError(problems[0])
 
 
-def method_config(config, flip=True, num_train=0):
-  """The method hyper-parameters of a TrainConfig (`num_train`: training-set size)."""
-  smoothing = config.label_smoothing
-  if smoothing is None:
-    smoothing = methods.get(config.method).default_label_smoothing
-  return methods.MethodConfig(
-      label_smoothing=smoothing, flip=flip, augment=config.augment, num_train=num_train,
-      trades_beta=config.trades_beta,
-      cat_loss=config.cat_loss, agkd_loss=config.agkd_loss, agkd_attack=config.agkd_attack,
-      eps=config.eps, step_size=config.step_size,
-      attack_steps=config.attack_steps, mart=config.mart, mart_beta=config.mart_beta,
-      attention=config.attention, metric=config.metric, metric_weight=config.metric_weight,
-      margin=config.margin, norm_weight=config.norm_weight,
-      attack_dtype=None if config.attack_dtype == 'auto' else config.attack_dtype)
+def method_config(config):
+  """The hyper-parameters of `config.method`: its own dataclass, label smoothing resolved."""
+  cls = methods.get(config.method)
+  values = hparams.of(cls.hparams_class, config)
+  if values.label_smoothing is None:
+    values = dataclasses.replace(values, label_smoothing=cls.default_label_smoothing)
+  return values
 
 
 def load_teacher(teacher_dir, config, splits):
@@ -213,9 +230,10 @@ def build_method(config, splits, strategy, teacher_dir=None):
           config.init_from, config, splits, 'the --init_from run').get_weights())
     if cls.needs_class_bank(config):
       bank = data_lib.ClassBank(splits.x_train, splits.y_train, splits.num_classes)
-    method = methods.build(config.method, network, splits.num_classes,
-                           method_config(config, splits.flip, len(splits.y_train)),
-                           teacher=teacher, class_bank=bank, seed=config.seed)
+    method = methods.build(config.method, network, splits.num_classes, method_config(config),
+                           teacher=teacher, class_bank=bank, seed=config.seed,
+                           flip=splits.flip, augment=config.augment,
+                           num_train=len(splits.y_train))
     schedule = optim.EpochSchedule(config.lr, steps, config.lr_schedule, config.lr_decay_epochs,
                                    config.lr_decay_factor, config.warmup_epochs, config.epochs)
     optimizer = optim.TorchSGD(schedule, config.momentum, config.nesterov, config.weight_decay,

@@ -24,12 +24,12 @@ import keras
 import tensorflow as tf
 
 from agkd_tf import data as data_lib
-from agkd_tf import eval_lib
 from agkd_tf import strategy_utils
 from agkd_tf import train_step
-from agkd_tf import errors
+from agkd_tf.core import errors
 from agkd_tf.data import pipeline
-from agkd_tf.errors import UserError
+from agkd_tf.evaluation import runner as runner_lib
+from agkd_tf.core.errors import UserError
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -57,15 +57,20 @@ class Loop:
     idx = data_lib.balanced_indices(splits.y_test, config.eval_examples, splits.num_classes,
                                     config.seed + 2)
     self.x_eval, self.y_eval = splits.x_test[idx], splits.y_test[idx]
+    # The evaluator's runner, with its integrity checks: the same compiled PGD and seeds as the
+    # PGD column of `python -m agkd_tf.evaluate`, kept for the run so it compiles once.
+    self._eval_model = runner_lib.network_model(network, splits.num_classes)
+    self._eval_settings = runner_lib.RunnerSettings(batch_size=config.eval_batch_size,
+                                                    eps=config.eps, seed=config.seed)
+    self.eval_runner = runner_lib.AttackRunner(self._eval_model, self.x_eval, self.y_eval,
+                                               self._eval_settings)
 
   def pgd_accuracy(self):
-    c = self.config
-    return eval_lib.accuracy(self.network, self.x_eval, self.y_eval, c.eval_batch_size,
-                             c.eval_attack_steps, c.eps, c.step_size, seed=c.seed)
+    return runner_lib.network_accuracy(self.eval_runner, self.config.eval_attack_steps,
+                                       self.config.step_size)
 
   def held_out_eval(self):
-    values = {'clean': eval_lib.accuracy(self.network, self.x_eval, self.y_eval,
-                                         self.config.eval_batch_size)}
+    values = {'clean': runner_lib.network_accuracy(self.eval_runner)}
     if self.config.eval_attack_steps:
       values[f'pgd{self.config.eval_attack_steps}'] = self.pgd_accuracy()
     self.summaries.eval_accuracies(values, self.step)
@@ -182,7 +187,9 @@ class Loop:
   def result(self):
     """The final evaluation (clean on the whole test split, PGD on the held-out subset)."""
     c, splits = self.config, self.splits
-    clean = eval_lib.accuracy(self.network, splits.x_test, splits.y_test, c.eval_batch_size)
+    test_runner = runner_lib.AttackRunner(self._eval_model, splits.x_test, splits.y_test,
+                                          self._eval_settings)
+    clean = runner_lib.network_accuracy(test_runner)
     result = {
         'dataset': c.dataset, 'model': c.model, 'method': c.method, 'epochs': c.epochs,
         'steps': self.step, 'train_examples': int(len(splits.y_train)),

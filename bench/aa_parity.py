@@ -217,7 +217,7 @@ def main(argv):
     raise SystemExit('error: --models is required: NAME=SAVED_MODEL_DIR[,...]')
   # pylint: disable=g-import-not-at-top
   from agkd_tf import data
-  from agkd_tf import evaluate_lib
+  from agkd_tf import evaluation
   # pylint: enable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count())
   splits = data.load(FLAGS.dataset, None, 1, FLAGS.num_examples, FLAGS.seed)
@@ -227,7 +227,7 @@ def main(argv):
   rows = []
   for pair in FLAGS.models:
     name, _, path = pair.partition('=')
-    model = evaluate_lib.load_model(saved_model=path)
+    model = evaluation.load_model(saved_model=path)
     bridge = make_bridge(model.logits_fn)
     overhead = bridge_overhead(bridge, model.logits_fn, x[:FLAGS.batch_size],
                                y[:FLAGS.batch_size].astype(np.int32))

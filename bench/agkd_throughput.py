@@ -111,7 +111,7 @@ def main(argv):
   n = FLAGS.batch_size * (most + 2) * 2
   try:
     splits = data.load(FLAGS.dataset, train_examples=n, test_examples=100)
-  except agkd_tf.errors.UserError:
+  except agkd_tf.core.errors.UserError:
     splits = data.load('synthetic:32', train_examples=n, test_examples=100)
   rows, profiles = [], []
   for name in FLAGS.models:

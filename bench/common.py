@@ -129,8 +129,8 @@ def build_training(method_name, model_name, splits, attack_steps, device='/cpu:0
       network.set_weights(teacher.get_weights())
       bank = data.ClassBank(splits.x_train, splits.y_train, splits.num_classes)
     method = methods.build(method_name, network, splits.num_classes,
-                           train_lib.method_config(config, splits.flip), teacher=teacher,
-                           class_bank=bank, seed=0)
+                           train_lib.method_config(config), teacher=teacher,
+                           class_bank=bank, seed=0, flip=splits.flip)
     opt = optim.TorchSGD(0.01, 0.9, False, 5e-4)
     method.compile(optimizer=opt)
     opt.build(network.trainable_variables)
@@ -170,6 +170,21 @@ def short_masking(flags_text):
   return '; '.join(f.split(': ')[0] for f in flags_text.split('; '))
 
 
+def _readme_path(readme=None):
+  return readme or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'README.md')
+
+
+def readme_block_text(name, readme=None):
+  """The text between README.md's `<!-- name:begin ... -->` line and `<!-- name:end -->`."""
+  with open(_readme_path(readme)) as f:
+    text = f.read()
+  begin, end = f'<!-- {name}:begin', f'<!-- {name}:end -->'
+  if begin not in text or end not in text:
+    raise SystemExit(f'error: README.md has no {begin} ... --> ... {end} block')
+  return text.split(begin, 1)[1].split('\n', 1)[1].split(end, 1)[0].rstrip('\n')
+
+
 def readme_block(name, lines, readme=None):
   """Replaces README.md's block between `<!-- name:begin ... -->` and `<!-- name:end -->`.
 
@@ -185,8 +200,7 @@ def readme_block(name, lines, readme=None):
   Raises:
     SystemExit: the README has no such block.
   """
-  readme = readme or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                  'README.md')
+  readme = _readme_path(readme)
   with open(readme) as f:
     text = f.read()
   begin, end = f'<!-- {name}:begin', f'<!-- {name}:end -->'

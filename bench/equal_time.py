@@ -101,7 +101,7 @@ def main(argv):
   n = batch * (FLAGS.steps + 1) * 2
   try:
     splits = data.load(FLAGS.dataset, train_examples=n, test_examples=100)
-  except agkd_tf.errors.UserError:
+  except agkd_tf.core.errors.UserError:
     splits = data.load('synthetic:32', train_examples=n, test_examples=100)
   steps = {}
   for row in rows:

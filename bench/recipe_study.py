@@ -222,7 +222,7 @@ def table_row(row):
       run_flags = json.load(f)
   except OSError:
     return None
-  from agkd_tf import masking  # pylint: disable=g-import-not-at-top
+  from agkd_tf.evaluation import masking  # pylint: disable=g-import-not-at-top
   acc = ev['accuracy']
   out = {'row': row.key, 'method': row.name + (' (ours)' if row.ours else ''),
          'attack_steps': None if row.is_teacher else run_flags.get('attack_steps'),

@@ -223,7 +223,7 @@ def table_row(row):
                           if ips and result.get('train_examples') else None)
   # Recomputed with the evaluator's current rules, so that rows evaluated at different times are
   # judged alike; a check whose measurement an older eval.json lacks is skipped for that row.
-  from agkd_tf import masking  # pylint: disable=g-import-not-at-top
+  from agkd_tf.evaluation import masking  # pylint: disable=g-import-not-at-top
   out['masking'] = '; '.join(masking.masking_flags(acc, ev)) or 'none'
   out['pgd20_large_eps'] = common.pct(ev.get('pgd20_large_eps'))
   out['eps_sweep'] = ev.get('eps_sweep')
@@ -243,7 +243,7 @@ def _figures():
           (('um', 'teacher (UM)'), ('agkd_bml', 'AGKD-BML student'), ('at', 'AT'))}
   if all(os.path.isfile(os.path.join(r, 'result.json')) for r in runs.values()):
     # pylint: disable=g-import-not-at-top
-    from agkd_tf import analysis
+    from agkd_tf.evaluation import analysis
     from agkd_tf import data
     from agkd_tf import run_dir
     # pylint: enable=g-import-not-at-top
@@ -371,24 +371,11 @@ def table():
   equal_time_table({k: v for k, v in figures.items() if v})
 
 
-# Line markers for eps_figure. Seven is prime to the 20 colours of tab20, so the (colour, marker)
-# pairs repeat only after 140 rows; tab20 alone pairs a dark and a light shade of each hue, and the
-# marker tells those neighbours apart.
-_MARKERS = ('o', 's', '^', 'D', 'v', 'P', 'X')
-
-
-def eps_styles(n):
-  """(colour, marker) of each of n lines: distinct for any n up to 140."""
-  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
-  colours = colormaps['tab20'].colors
-  return [(colours[i % len(colours)], _MARKERS[i % len(_MARKERS)]) for i in range(n)]
-
-
 def eps_figure(rows, path):
   """Draws PGD-20 accuracy against eps, one line per table row that has an eps sweep.
 
-  Matplotlib's default cycle has ten colours and the table has more rows, so rows would share a
-  line style; every row gets its own (colour, marker) instead, and the ablations are dashed.
+  The evaluator's own plot (`evaluation.masking.eps_plot`), with every row in its own (colour,
+  marker) and the ablations dashed.
 
   Args:
     rows: table rows (`table_row` results or the rows of the table's JSON).
@@ -398,35 +385,14 @@ def eps_figure(rows, path):
     [(label, colour, marker, linestyle)] of the lines drawn, as matplotlib holds them (empty, and
     no file written, when no row has an eps sweep).
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import colors as mcolors  # pylint: disable=g-import-not-at-top
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from agkd_tf.evaluation import masking  # pylint: disable=g-import-not-at-top
   rows = [r for r in rows if r.get('eps_sweep')]
   if not rows:
     return []
-  fig, ax = plt.subplots(figsize=(9.5, 4.8))
-  top = 0.0
-  for row, (colour, marker) in zip(rows, eps_styles(len(rows))):
-    items = sorted((float(k), v) for k, v in row['eps_sweep'].items())
-    top = max([top] + [v for _, v in items])
-    ablation = row.get('row') in _BY_KEY and _BY_KEY[row['row']].ablation
-    ax.plot([k * 255 for k, _ in items], [v for _, v in items], color=colour, marker=marker,
-            linestyle='--' if ablation else '-', markersize=6, linewidth=1.4,
-            label=row['method'])
-  # The legend sits outside the axes: inside, it would hide the crowded low-eps points.
-  ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0), frameon=False)
-  ax.set_xlabel('eps (x/255)')
-  ax.set_ylabel('PGD-20 accuracy (%)')
-  ax.set_ylim(0, min(100, 10 * (int(top) // 10 + 1)))
-  ax.set_title('PGD-20 accuracy vs eps, every method (dashed: ablations)')
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  drawn = [(line.get_label(), mcolors.to_hex(line.get_color()), line.get_marker(),
-            line.get_linestyle()) for line in ax.get_lines()]
-  plt.close(fig)
-  return drawn
+  curves = {r['method']: r['eps_sweep'] for r in rows}
+  dashed = {r['method'] for r in rows if r.get('row') in _BY_KEY and _BY_KEY[r['row']].ablation}
+  return masking.eps_plot(curves, path, 'PGD-20 accuracy vs eps, every method (dashed: '
+                          'ablations)', dashed=dashed)
 
 
 def plot():

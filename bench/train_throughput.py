@@ -91,7 +91,7 @@ def main(argv):
   try:
     splits = data.load(FLAGS.dataset, train_examples=FLAGS.batch_size * (FLAGS.steps + 2) * 2,
                        test_examples=100)
-  except agkd_tf.errors.UserError:
+  except agkd_tf.core.errors.UserError:
     splits = data.load('synthetic:32', train_examples=FLAGS.batch_size * (FLAGS.steps + 2) * 2,
                        test_examples=100)
   rows = []

@@ -22,14 +22,16 @@ def splits():
 def build(splits, name, strategy=None, lr=0.01, **config):
   strategy = strategy or tf.distribute.OneDeviceStrategy('/cpu:0')
   fields = dict(label_smoothing=0.0, eps=EPS, step_size=2 / 255, attack_steps=2,
-                metric_weight=2.0, margin=0.03, norm_weight=0.001, cat_loss='ce',
-                num_train=len(splits.y_train), flip=True)
+                metric_weight=2.0, margin=0.03, norm_weight=0.001, cat_loss='ce')
   fields.update(config)
+  # Facts of the training set, not hyper-parameters: the method takes them as arguments.
+  facts = dict(num_train=len(splits.y_train), flip=True, augment=True)
+  facts.update({k: fields.pop(k) for k in facts if k in fields})
   with strategy.scope():
     network = helpers.dense_network(num_classes=splits.num_classes, seed=3)
     bank = data.ClassBank(splits.x_train, splits.y_train, splits.num_classes)
     method = methods.build(name, network, splits.num_classes, methods.MethodConfig(**fields),
-                           class_bank=bank, seed=5)
+                           class_bank=bank, seed=5, **facts)
     opt = optim.TorchSGD(lr, 0.9, False, 5e-4)
     method.compile(optimizer=opt)
     opt.build(network.trainable_variables)

@@ -10,13 +10,13 @@ import tensorflow as tf
 
 from agkd_tf import attacks
 from agkd_tf import data
-from agkd_tf import losses
+from agkd_tf.core import losses
 from agkd_tf import methods
 from agkd_tf import run_dir
 from agkd_tf import strategy_utils
 from agkd_tf import train_lib
 from agkd_tf import train_step
-from agkd_tf.errors import UserError
+from agkd_tf.core.errors import UserError
 from agkd_tf.methods import agkd_bml
 from tests import helpers
 
@@ -112,10 +112,12 @@ def splits():
 def _method(splits, strategy=None, make=None, lr=0.05, **config):
   strategy = strategy or tf.distribute.OneDeviceStrategy('/cpu:0')
   make = make or (lambda seed: helpers.dense_network(num_classes=splits.num_classes, seed=seed))
-  fields = dict(label_smoothing=0.5, eps=8 / 255, step_size=2 / 255, attack_steps=2, mart=True,
+  fields = dict(label_smoothing=0.5, eps=8 / 255, step_size=2 / 255, attack_steps=2,
+                agkd_mart=True,
                 mart_beta=6.0, attention='channel_sum', metric='bml', metric_weight=2.0,
                 margin=0.03, norm_weight=0.001)
   fields.update(config)
+  facts = {k: fields.pop(k) for k in ('flip', 'augment', 'num_train') if k in fields}
   with strategy.scope():
     teacher = make(10)
     network = make(10)
@@ -123,7 +125,7 @@ def _method(splits, strategy=None, make=None, lr=0.05, **config):
     bank = data.ClassBank(splits.x_train, splits.y_train, splits.num_classes)
     method = methods.build('agkd_bml', network, splits.num_classes,
                            methods.MethodConfig(**fields), teacher=teacher, class_bank=bank,
-                           seed=5)
+                           seed=5, **facts)
     helpers.compile_with_sgd(method, network, lr)
   return method, strategy
 
@@ -219,7 +221,7 @@ def test_one_step_on_a_fixed_batch_lowers_the_total_loss(splits):
 @pytest.mark.parametrize('attention', agkd_bml.ATTENTIONS)
 @pytest.mark.parametrize('metric', agkd_bml.METRICS)
 def test_every_attention_and_metric_variant_runs_one_step(splits, attention, metric):
-  method, strategy = _method(splits, attention=attention, metric=metric, mart=metric != 'sml')
+  method, strategy = _method(splits, attention=attention, metric=metric, agkd_mart=metric != 'sml')
   logs = _steps(method, strategy, _batch(splits, 8), 1)[0]
   assert all(np.isfinite(v) for v in logs.values())
   assert (logs['attention'] == 0.0) == (attention == 'none')

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from agkd_tf import attacks
 from agkd_tf import models
-from agkd_tf.errors import UserError
+from agkd_tf.core.errors import UserError
 from tests import helpers
 
 EPS = 8 / 255

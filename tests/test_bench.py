@@ -184,7 +184,7 @@ def test_equal_time_timing_parses_the_rows_flagfiles_and_times_them(tmp_path):
   assert fs['method'] == 'feature_scatter' and fs['attack_steps'] == 8
   assert abs(fs['step_size'] - 2 / 255) < 1e-12 and fs['label_smoothing'] == 0.5
   agkd = equal_time.row_config(by_key['agkd_bml'])
-  assert agkd['mart'] is True and agkd['attention'] == 'channel_sum' and agkd['attack_steps'] == 2
+  assert agkd['agkd_mart'] is True and agkd['attention'] == 'channel_sum' and agkd['attack_steps'] == 2
   assert 'teacher_dir' not in agkd and 'epochs' not in agkd  # Run settings, not the step's.
 
   proc = subprocess.run(

@@ -1,7 +1,8 @@
 """Generated figures: every figure in README.md and bench/results comes from a results file.
 
 The eps plot of the robustness table must tell every row apart; the PyTorch reference's Markdown
-must be a function of its JSON (renderable without torch, so without a GPU); the README's single
+must be a function of its JSON (renderable without torch, so without a GPU); the README's Speed
+and GPU tables are their JSON rendered (bench/readme_blocks.py); the README's single
 training runs must be read from the runs' result.json, with the command rebuilt from flags.json.
 """
 
@@ -212,3 +213,20 @@ def test_readme_runs_reads_what_training_writes(tmp_path):
   assert sorted(parts[4:]) == sorted(given + [f'--model_dir={run}'])
   assert row['figure'] == (f'{100 * result["clean_accuracy"]:.2f}% in '
                            f'{readme_runs.duration(result["wall_seconds"])}')
+
+
+def test_readme_speed_and_gpu_blocks_are_their_results_rendered(tmp_path):
+  from bench import readme_blocks  # pylint: disable=g-import-not-at-top
+  from bench import common  # pylint: disable=g-import-not-at-top
+  for name, lines in readme_blocks.blocks().items():
+    assert common.readme_block_text(name) == '\n'.join(lines), name
+  # A changed figure in the results would show: the check exits 1 on a stale block.
+  readme = tmp_path / 'README.md'
+  shutil.copy(os.path.join(REPO, 'README.md'), readme)
+  text = readme.read_text()
+  readme.write_text(text.replace('| AT-7, eager | 1405 |', '| AT-7, eager | 1406 |'))
+  assert common.readme_block_text('gpu_torch_reference', str(readme)) != '\n'.join(
+      readme_blocks.blocks()['gpu_torch_reference'])
+  proc = subprocess.run([sys.executable, os.path.join(REPO, 'bench', 'readme_blocks.py'),
+                         '--check'], capture_output=True, text=True, cwd=REPO, check=False)
+  assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -11,7 +11,7 @@ from agkd_tf import data
 from agkd_tf.data import image_files
 from agkd_tf.data import loaders
 from agkd_tf.data import pipeline
-from agkd_tf.errors import UserError
+from agkd_tf.core.errors import UserError
 from tests import helpers
 
 

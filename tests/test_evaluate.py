@@ -7,11 +7,11 @@ import pytest
 import tensorflow as tf
 
 from agkd_tf import attacks as attacks_lib
-from agkd_tf import evaluate_lib
-from agkd_tf import masking
+from agkd_tf import evaluation
+from agkd_tf.evaluation import masking
 from agkd_tf import report
 from agkd_tf import train_lib
-from agkd_tf.errors import UserError
+from agkd_tf.core.errors import UserError
 from tests import conftest
 
 
@@ -30,11 +30,11 @@ def _config(model_dir, **overrides):
   values = dict(model_dir=model_dir, attacks=('clean', 'fgsm', 'pgd5', 'cw5', 'mim5', 'aa'),
                 num_examples=40, aa_examples=20, batch_size=20, masking_checks=False, verbose=0)
   values.update(overrides)
-  return evaluate_lib.EvalConfig(**values)
+  return evaluation.EvalConfig(**values)
 
 
 def test_evaluation_report(trained_run):
-  result = evaluate_lib.evaluate(_config(trained_run))
+  result = evaluation.evaluate(_config(trained_run))
   acc = result['accuracy']
   assert acc['clean'] > 30.0  # Chance is 10%.
   for name in ('fgsm', 'pgd5', 'cw5', 'mim5', 'aa'):
@@ -52,9 +52,9 @@ def test_evaluation_report(trained_run):
 
 
 def test_cleverhans_backend_agrees_on_deterministic_attacks(trained_run, tmp_path):
-  native = evaluate_lib.evaluate(_config(trained_run, attacks=('clean', 'fgsm', 'bim5', 'mim5'),
+  native = evaluation.evaluate(_config(trained_run, attacks=('clean', 'fgsm', 'bim5', 'mim5'),
                                          output_dir=str(tmp_path / 'n')))
-  ch = evaluate_lib.evaluate(_config(trained_run, attacks=('clean', 'fgsm', 'bim5', 'mim5'),
+  ch = evaluation.evaluate(_config(trained_run, attacks=('clean', 'fgsm', 'bim5', 'mim5'),
                                      attack_backend='cleverhans', output_dir=str(tmp_path / 'c')))
   assert native['accuracy'] == ch['accuracy']
 
@@ -71,14 +71,14 @@ def test_an_attack_leaving_the_eps_ball_is_an_error(trained_run, tmp_path, monke
       return tf.clip_by_value(self.attack(model_fn, x, y, eps, seed=seed) + 2 * eps, 0.0, 1.0)
 
   monkeypatch.setattr(attacks_lib, 'get_attack', lambda name: Cheat(real(name)))
-  with pytest.raises(evaluate_lib.IntegrityError, match='exceeds eps'):
-    evaluate_lib.evaluate(_config(trained_run, attacks=('clean', 'pgd5'),
+  with pytest.raises(evaluation.IntegrityError, match='exceeds eps'):
+    evaluation.evaluate(_config(trained_run, attacks=('clean', 'pgd5'),
                                   output_dir=str(tmp_path / 'o')))
   assert not os.path.exists(tmp_path / 'o' / 'eval.json')
 
 
 def test_saved_model_bring_your_own(trained_run, tmp_path):
-  result = evaluate_lib.evaluate(_config(None, saved_model=os.path.join(trained_run, 'export'),
+  result = evaluation.evaluate(_config(None, saved_model=os.path.join(trained_run, 'export'),
                                          dataset='synthetic:8', attacks=('clean', 'pgd5'),
                                          output_dir=str(tmp_path / 'sm')))
   assert result['accuracy']['clean'] > 30.0  # Chance is 10%.
@@ -102,13 +102,13 @@ class _Probabilities(tf.Module):
 def test_saved_model_with_probabilities_or_wrong_input_is_refused(tmp_path):
   _save(_Probabilities(), str(tmp_path / 'p'), [None, 8, 8, 3])
   with pytest.raises(UserError, match='looks like probabilities'):
-    evaluate_lib.load_model(saved_model=str(tmp_path / 'p'))
+    evaluation.load_model(saved_model=str(tmp_path / 'p'))
   flat = _Probabilities()
   flat_sig = tf.function(lambda x: {'logits': x @ flat.w},
                          input_signature=[tf.TensorSpec([None, 192], tf.float32)])
   tf.saved_model.save(flat, str(tmp_path / 'flat'), signatures={'serving_default': flat_sig})
   with pytest.raises(UserError, match='NHWC'):
-    evaluate_lib.load_model(saved_model=str(tmp_path / 'flat'))
+    evaluation.load_model(saved_model=str(tmp_path / 'flat'))
 
 
 def test_masking_flags():
@@ -148,7 +148,7 @@ def test_masking_flags():
 
 
 def test_knn_tsne_and_masking_outputs(trained_run, tmp_path):
-  result = evaluate_lib.evaluate(_config(
+  result = evaluation.evaluate(_config(
       trained_run, attacks=('clean', 'pgd20'), knn=True, knn_train_examples=100, tsne=True,
       masking_checks=True, eps_sweep=(2 / 255, 8 / 255), output_dir=str(tmp_path / 'k')))
   knn = result['knn']
@@ -169,7 +169,7 @@ def test_report_merges_runs(trained_run, tmp_path):
   os.makedirs(other)
   with open(other / 'eval.json', 'w') as f:
     json.dump({'accuracy': {'clean': 90.0, 'pgd20': 1.0}, 'masking_flags': ['x']}, f)
-  evaluate_lib.evaluate(_config(trained_run, attacks=('clean', 'pgd5')))
+  evaluation.evaluate(_config(trained_run, attacks=('clean', 'pgd5')))
   table = report.merge([trained_run, str(tmp_path / 'other')])
   lines = table.splitlines()
   assert lines[0].startswith('| model | clean | FGSM |')
@@ -197,7 +197,7 @@ def test_eps_sweep_step_is_passed_to_the_attack():
 
   x = tf.fill((4, 8, 8, 3), 0.5).numpy()
   y = tf.constant([0, 1, 2, 0]).numpy()
-  runner = evaluate_lib.AttackRunner(Linear, x, y, _config(None))
+  runner = evaluation.AttackRunner(Linear, x, y, _config(None))
   _, default_dev = runner.attack('bim1', eps=16 / 255)
   _, scaled_dev = runner.attack('bim1', eps=16 / 255, step_size=4 / 255)
   assert abs(default_dev - attacks_lib.DEFAULT_STEP_SIZE) < 1e-6
@@ -205,16 +205,16 @@ def test_eps_sweep_step_is_passed_to_the_attack():
 
 
 def test_aa_version_rand_runs_the_eot_attacks(trained_run, tmp_path):
-  result = evaluate_lib.evaluate(_config(trained_run, attacks=('clean', 'aa'), aa_examples=6,
+  result = evaluation.evaluate(_config(trained_run, attacks=('clean', 'aa'), aa_examples=6,
                                          aa_version='rand', output_dir=str(tmp_path)))
   assert result['aa_version'] == 'rand'
   assert set(result['aa']['flipped']) == {'apgd-ce', 'apgd-dlr'}
   with pytest.raises(UserError, match='AutoAttack version'):
-    evaluate_lib.evaluate(_config(trained_run, aa_version='nope'))
+    evaluation.evaluate(_config(trained_run, aa_version='nope'))
 
 
 def test_attention_figure_draws_every_network(tmp_path):
-  from agkd_tf import analysis  # pylint: disable=g-import-not-at-top
+  from agkd_tf.evaluation import analysis  # pylint: disable=g-import-not-at-top
   from tests import helpers  # pylint: disable=g-import-not-at-top
   nets = {'a': helpers.dense_network(seed=0), 'b': helpers.dense_network(seed=5)}
   x = tf.random.stateless_uniform((3, 8, 8, 3), (0, 3)).numpy()

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from agkd_tf import evaluate_lib
+from agkd_tf import evaluation
 from tests.conftest import REPO
 
 
@@ -28,5 +28,5 @@ def test_bring_your_own_model_runs_end_to_end(shared_cifar, tmp_path):
   assert 'examples/bring_your_own_model.py' in results['command']
   assert (tmp_path / 'results' / 'bring_your_own_model.md').read_text().count('| agkd_bml |') == 1
   # The export is a SavedModel the evaluator reads.
-  model = evaluate_lib.load_model(saved_model=str(tmp_path / 'run' / 'agkd_bml_savedmodel'))
+  model = evaluation.load_model(saved_model=str(tmp_path / 'run' / 'agkd_bml_savedmodel'))
   assert model.num_classes == 10

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from agkd_tf import data
-from agkd_tf import losses
+from agkd_tf.core import losses
 from agkd_tf import methods
 from agkd_tf import train_lib
 from agkd_tf import train_step

@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 
 from agkd_tf import methods
-from agkd_tf import ot
+from agkd_tf.core import ot
 from agkd_tf import train_lib
-from agkd_tf.errors import UserError
+from agkd_tf.core.errors import UserError
 from agkd_tf.methods import sml
 from tests import bank_methods
 

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from agkd_tf import models
-from agkd_tf.errors import UserError
+from agkd_tf.core.errors import UserError
 
 # (name, input side, feature map shape, trainable parameters of the PyTorch original or ours)
 CASES = [

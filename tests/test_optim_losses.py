@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from agkd_tf import losses
+from agkd_tf.core import losses
 from agkd_tf import optim
 
 

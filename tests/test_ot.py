@@ -1,4 +1,4 @@
-"""The Sinkhorn solver of Feature Scattering's optimal transport (`agkd_tf.ot`): the cosine cost,
+"""The Sinkhorn solver of Feature Scattering's optimal transport (`agkd_tf.core.ot`): the cosine cost,
 uniform marginals, brute force and NumPy on 3x3, and gradients through the iterations."""
 
 import itertools
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from agkd_tf import ot
+from agkd_tf.core import ot
 
 
 def test_cosine_cost_matches_numpy():

@@ -26,11 +26,11 @@ import pytest
 import tensorflow as tf
 
 from agkd_tf import data
-from agkd_tf import errors
+from agkd_tf.core import errors
 from agkd_tf import strategy_utils
 from agkd_tf import train_lib
 from agkd_tf import train_step
-from agkd_tf.errors import UserError
+from agkd_tf.core.errors import UserError
 from agkd_tf.methods import natural
 from tests import conftest
 

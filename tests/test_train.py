@@ -1,10 +1,8 @@
 """Tests of the training loop: learning, tf.distribute equality, resume and export."""
 
 import dataclasses
-import gc
 import json
 import os
-import weakref
 
 import keras
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from agkd_tf import data
-from agkd_tf import eval_lib
+from agkd_tf import evaluation
 from agkd_tf import methods
 from agkd_tf import models
 from agkd_tf import optim
@@ -20,7 +18,8 @@ from agkd_tf import run_dir
 from agkd_tf import strategy_utils
 from agkd_tf import train_lib
 from agkd_tf import train_step
-from agkd_tf.errors import UserError
+from agkd_tf.core.errors import UserError
+from agkd_tf.evaluation import runner as runner_lib
 from tests import helpers
 
 
@@ -251,17 +250,19 @@ def test_madry_at_step_lowers_the_adversarial_loss():
   assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
 
 
-def test_in_training_accuracy_is_cached_per_network_without_keeping_it_alive():
+def test_in_training_accuracy_is_the_evaluators_pgd_column():
   rng = np.random.RandomState(0)
   x = rng.randint(0, 256, (12, 8, 8, 3)).astype(np.uint8)
   y = rng.randint(0, 3, 12)
   network = helpers.dense_network(num_classes=3, seed=2)
-  first = eval_lib.accuracy(network, x, y, batch_size=8, attack_steps=2)
-  correct_fn = eval_lib._correct_fn  # pylint: disable=protected-access
-  fn = correct_fn(network, 2, 8 / 255, 2 / 255)
-  assert correct_fn(network, 2, 8 / 255, 2 / 255) is fn
-  assert eval_lib.accuracy(network, x, y, batch_size=8, attack_steps=2) == first
-  alive = weakref.ref(network)
-  del network, fn
-  gc.collect()
-  assert alive() is None
+  model = runner_lib.network_model(network, 3)
+  runner = runner_lib.AttackRunner(model, x, y, runner_lib.RunnerSettings(batch_size=8))
+  first = runner_lib.network_accuracy(runner, attack_steps=2)
+  assert runner_lib.network_accuracy(runner, attack_steps=2) == first  # Seeded starts.
+  # The evaluator's own PGD over the same images and seeds counts the same images.
+  (correct, _), dev = evaluation.AttackRunner(
+      model, x, y, evaluation.EvalConfig(batch_size=8, verbose=0)).attack('pgd2')
+  assert correct.mean() == first and dev <= 8 / 255 + 1e-6
+  clean = runner_lib.network_accuracy(runner)
+  logits = network(tf.constant(x, tf.float32) / 255.0, training=False)['logits']
+  assert clean == float(np.mean(np.argmax(logits.numpy(), -1) == y))

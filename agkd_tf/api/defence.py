@@ -8,9 +8,10 @@ compiles and fits it as any Keras model:
     defence.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
     defence.fit(dataset, epochs=10, callbacks=[keras.callbacks.BackupAndRestore(dir)])
 
-The hyper-parameters and their defaults are the binary's: `train_lib.TrainConfig` holds every
-default, `train_lib.method_config` turns it into the method's config, for the flags and for this
-function alike.
+The hyper-parameters and their defaults are the binary's: `methods.hparams` holds every default
+(the flags and `train_lib.TrainConfig` take theirs from it), and `train_lib.method_config` turns
+a config into the method's own hyper-parameter dataclass, for the binary and for this function
+alike.
 """
 
 import dataclasses
@@ -19,7 +20,7 @@ import keras
 import numpy as np
 
 from agkd_tf import data as data_lib
-from agkd_tf import errors
+from agkd_tf.core import errors
 from agkd_tf import methods
 from agkd_tf import train_lib
 from agkd_tf.api import network as network_lib
@@ -111,8 +112,9 @@ def defend(network, method='agkd_bml', teacher=None, train_images=None, flip=Tru
       bank = data_lib.ClassBank(x, y, num_classes)
   with errors.as_value_error():
     defence = methods.build(method, network, num_classes,
-                            train_lib.method_config(config, flip, num_train), teacher=teacher,
-                            class_bank=bank, seed=config.seed)
+                            train_lib.method_config(config), teacher=teacher,
+                            class_bank=bank, seed=config.seed, flip=flip,
+                            augment=config.augment, num_train=num_train)
   # Every variable exists already (the network is built); BackupAndRestore refuses to restore
   # into a model that Keras does not know to be built.
   defence.built = True

@@ -1,6 +1,6 @@
 """`evaluate_model`: the evaluator of `python -m agkd_tf.evaluate` on an in-memory Keras model.
 
-It runs `evaluate_lib.assess`, the binary's own runner: the same compiled attacks, the same
+It runs `evaluation.assess`, the binary's own runner: the same compiled attacks, the same
 integrity check of every adversarial batch (||x_adv - x||_inf <= eps, x_adv in [0, 1], finite),
 AutoAttack (Croce & Hein, ICML 2020) beside the white-box attacks, and the same gradient-masking
 diagnostics, so a defence that only looks robust is flagged here as it is by the binary.
@@ -10,9 +10,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from agkd_tf import errors
-from agkd_tf import eval_report
-from agkd_tf import evaluate_lib
+from agkd_tf.core import errors
+from agkd_tf.evaluation import report as eval_report
+from agkd_tf import evaluation
 from agkd_tf.api import network as network_lib
 
 
@@ -36,7 +36,7 @@ def _loaded_model(model, name):
   def embedding_fn(x):
     return tf.cast(model(x, training=False)['embedding'], tf.float32)
 
-  return evaluate_lib.LoadedModel(name=name or model.name, logits_fn=logits_fn, input_shape=(),
+  return evaluation.LoadedModel(name=name or model.name, logits_fn=logits_fn, input_shape=(),
                                   num_classes=0,
                                   embedding_fn=embedding_fn if returns_dict else None)
 
@@ -83,7 +83,7 @@ def evaluate_model(model, images, labels, attacks=('clean', 'pgd20', 'cw20', 'aa
 
   Raises:
     ValueError: bad model, images, labels, attack name or eps.
-    evaluate_lib.IntegrityError: an attack broke the threat model.
+    evaluation.IntegrityError: an attack broke the threat model.
   """
   if not isinstance(eps, (int, float)) or not 0 < eps <= 0.5:
     raise ValueError(f'eps={eps} must lie in (0, 0.5] in pixel units (8/255 = 0.0314)')
@@ -92,14 +92,14 @@ def evaluate_model(model, images, labels, attacks=('clean', 'pgd20', 'cw20', 'aa
   if images.ndim != 4:
     raise ValueError(f'images must be [N, height, width, 1 or 3], got {list(images.shape)}')
   with errors.as_value_error():
-    num_classes = evaluate_lib.check_logits(loaded.logits_fn, images.shape[1:],
+    num_classes = evaluation.check_logits(loaded.logits_fn, images.shape[1:],
                                             f'the output of {loaded.name}')
   images, labels = _check_data(images, labels, num_classes)
-  config = evaluate_lib.EvalConfig(attacks=tuple(attacks), eps=float(eps),
+  config = evaluation.EvalConfig(attacks=tuple(attacks), eps=float(eps),
                                    num_examples=len(labels), aa_examples=aa_examples,
                                    aa_version=aa_version, batch_size=batch_size, seed=seed,
                                    masking_checks=masking_checks, verbose=verbose)
   with errors.as_value_error():
-    evaluate_lib.check_config(config)
-    result, _, _ = evaluate_lib.assess(loaded, images, labels, config, dataset='in-memory images')
+    evaluation.check_config(config)
+    result, _, _ = evaluation.assess(loaded, images, labels, config, dataset='in-memory images')
   return Report(result)

@@ -24,8 +24,8 @@ import threading
 import keras
 import tensorflow as tf
 
-from agkd_tf import errors
-from agkd_tf import evaluate_lib
+from agkd_tf.core import errors
+from agkd_tf import evaluation
 
 OUTPUT_KEYS = ('logits', 'embedding', 'feature_map')
 
@@ -88,7 +88,7 @@ def _check_image_shape(shape, what):
 def _check_outputs(network, input_shape):
   """Probes a wrapped network: logits that are not probabilities, and the two activations."""
   with errors.as_value_error():
-    evaluate_lib.check_logits(lambda x: network(x, training=False)['logits'], input_shape[1:],
+    evaluation.check_logits(lambda x: network(x, training=False)['logits'], input_shape[1:],
                               'the model\'s output')
   h, w, c = (d or 32 for d in input_shape[1:])
   out = network(tf.zeros([1, h, w, c]), training=False)

@@ -51,7 +51,7 @@ from agkd_tf.attacks.pgd import pgd
 from agkd_tf.attacks.pgd import project
 from agkd_tf.attacks.pgd import repeat
 from agkd_tf.attacks.pgd import uniform_start
-from agkd_tf.errors import UserError
+from agkd_tf.core.errors import UserError
 
 __all__ = ['Attack', 'DEFAULT_STEP_SIZE', 'MAX_UNROLLED_STEPS', 'VALID_FORMS', 'attack_loss',
            'bim', 'cw_margin_loss', 'fgsm', 'get_attack', 'loss_gradient', 'mim',

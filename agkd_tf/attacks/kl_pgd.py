@@ -18,7 +18,7 @@ Choices:
 
 import tensorflow as tf
 
-from agkd_tf import losses
+from agkd_tf.core import losses
 from agkd_tf.attacks.pgd import per_example
 from agkd_tf.attacks.pgd import project
 from agkd_tf.attacks.pgd import repeat

@@ -26,7 +26,7 @@ import numbers
 
 import tensorflow as tf
 
-from agkd_tf import losses
+from agkd_tf.core import losses
 
 # The step of every iterative attack in AGKD-BML's evaluation and training.
 DEFAULT_STEP_SIZE = 2 / 255

@@ -11,7 +11,7 @@ from agkd_tf.data.base import subset
 from agkd_tf.data.class_bank import ClassBank
 from agkd_tf.data.loaders import names
 from agkd_tf.data.loaders import OFFLINE_HINT
-from agkd_tf.errors import UserError
+from agkd_tf.core.errors import UserError
 
 
 def parse_name(dataset):

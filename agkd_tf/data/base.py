@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from agkd_tf.errors import UserError
+from agkd_tf.core.errors import UserError
 
 
 @dataclasses.dataclass

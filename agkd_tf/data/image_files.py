@@ -15,7 +15,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from agkd_tf.errors import UserError
+from agkd_tf.core.errors import UserError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from agkd_tf.data import base
 from agkd_tf.data import image_files
-from agkd_tf.errors import UserError
+from agkd_tf.core.errors import UserError
 
 _LOADERS = {}
 

@@ -1,6 +1,6 @@
 """Training methods (defences), selected by `--method`."""
 
-from agkd_tf.errors import UserError
+from agkd_tf.core.errors import UserError
 from agkd_tf.methods import agkd_bml
 from agkd_tf.methods import alp
 from agkd_tf.methods import at

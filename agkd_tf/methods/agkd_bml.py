@@ -17,7 +17,7 @@ Attention Guided Knowledge Distillation and Bi-directional Metric Learning", ICC
        + L1(A(F(x1')), A(F_T(x1))) + L1(A(F(x2')), A(F_T(x2)))
        + lambda1 * [triplet_D(e(x1'), e(x1), e(x2'); margin) + lambda2 * norms].
 
-Ablations (`--attention`, `--metric`, `--mart`):
+Ablations (`--attention`, `--metric`, `--agkd_mart`):
 - `channel_sum` (AGKD): A(F) = min-max(sum_k F_k).
 - `gradcam_orig` / `gradcam_false`: Grad-CAM of the original class (y1 for the x1 pair, y_mc for
   the x2 pair, whose true class is y_mc) or of the false class (the other one). All our networks
@@ -55,14 +55,15 @@ import keras
 import tensorflow as tf
 
 from agkd_tf import attacks
-from agkd_tf import losses
+from agkd_tf.core import losses
 from agkd_tf.data import pipeline
 from agkd_tf.methods import base
+from agkd_tf.methods import hparams
 
-ATTENTIONS = ('channel_sum', 'gradcam_orig', 'gradcam_false', 'cam_avg', 'none')
-METRICS = ('bml', 'sml', 'none')
-LOSSES = ('official', 'trades')  # --agkd_loss
-FORWARD_ATTACKS = ('targeted', 'untargeted')  # --agkd_attack
+ATTENTIONS = hparams.ATTENTIONS
+METRICS = hparams.METRICS
+LOSSES = hparams.AGKD_LOSSES  # --agkd_loss
+FORWARD_ATTACKS = hparams.AGKD_ATTACKS  # --agkd_attack
 _SEED_TAG = 0x41474B  # 'AGK'
 _PAD = 4  # The training augmentation's padding (random crop 32 with 4-pixel zero padding).
 
@@ -107,6 +108,8 @@ def attention(feature_map, kind, kernel=None, classes=None):
 class AGKDBML(base.Method):
   """AGKD-BML training on the shared method base."""
 
+  hparams_class = hparams.AgkdBmlHParams
+
   loss_terms = ('loss', 'lsce', 'mart_bce', 'mart_kl', 'attention', 'triplet')
   accuracies = ('clean_accuracy', 'adv_accuracy')
   default_label_smoothing = 0.5  # The official LSCE(0.5).
@@ -115,14 +118,14 @@ class AGKDBML(base.Method):
                **kwargs):
     super().__init__(network, num_classes, config, teacher=teacher, class_bank=class_bank,
                      seed=seed, **kwargs)
-    self.attention_kind = config.get('attention', 'channel_sum')
-    self.metric = config.get('metric', 'bml')
+    self.attention_kind = config.attention
+    self.metric = config.metric
     if self.attention_kind not in ATTENTIONS:
       raise ValueError(f'unknown attention "{self.attention_kind}"')
     if self.metric not in METRICS:
       raise ValueError(f'unknown metric "{self.metric}"')
-    self.loss_kind = config.get('agkd_loss', 'official')
-    self.forward_attack = config.get('agkd_attack', 'targeted')
+    self.loss_kind = config.agkd_loss
+    self.forward_attack = config.agkd_attack
     if self.loss_kind not in LOSSES:
       raise ValueError(f'unknown agkd_loss "{self.loss_kind}"; valid: {", ".join(LOSSES)}')
     if self.forward_attack not in FORWARD_ATTACKS:
@@ -189,13 +192,13 @@ class AGKDBML(base.Method):
     u = self._replica_draw(lambda n, s: tf.random.stateless_uniform([n], s), b, stream=3)
     idx = self.class_bank.sample_indices(classes, u)
     images = self.class_bank.gather_images(idx)
-    if not self.config.get('augment', True):
+    if not self.augment:
       return images, tf.gather(self.class_bank.labels, idx)
     offsets = self._replica_draw(
         lambda n, s: tf.random.stateless_uniform([n, 2], s, 0, 2 * _PAD + 1, dtype=tf.int32),
         b, stream=4)
     do_flip = None
-    if self.config.get('flip', True):
+    if self.flip:
       do_flip = self._replica_draw(lambda n, s: tf.random.stateless_uniform([n], s) < 0.5, b,
                                    stream=5)
     images = pipeline.crop_and_flip(images, offsets[:, 0], offsets[:, 1], do_flip, _PAD)
@@ -253,13 +256,13 @@ class AGKDBML(base.Method):
       # logged under the same names (lsce: the CE term, mart_kl: the weighted KL).
       lsce = tf.reduce_mean(losses.cross_entropy(logits_clean, y1, self.num_classes))
       bce = zero
-      kl = config.get('trades_beta', 6.0) * tf.reduce_mean(
+      kl = config.trades_beta * tf.reduce_mean(
           losses.kl_from_logits(logits_clean, logits_adv))
     else:
       lsce = tf.reduce_mean(losses.cross_entropy(logits_adv, y1, self.num_classes,
                                                  config.label_smoothing))
-      if config.get('mart', True):
-        bce, kl = losses.mart_terms(logits_clean, logits_adv, y1, config.get('mart_beta', 6.0))
+      if config.agkd_mart:
+        bce, kl = losses.mart_terms(logits_clean, logits_adv, y1, config.mart_beta)
       else:
         bce = kl = zero
 
@@ -276,16 +279,16 @@ class AGKDBML(base.Method):
     triplet = zero
     if self.metric == 'bml':
       triplet = losses.angular_triplet(emb[:batch], emb[batch:2 * batch], emb[2 * batch:],
-                                       config.get('margin', 0.03),
-                                       config.get('norm_weight', 0.001))
+                                       config.margin,
+                                       config.norm_weight)
     elif self.metric == 'sml':
       # The clean negative needs an embedding: a BN-eval pass, so BN statistics stay those of
       # [x1', x1] as in the single-direction method.
       e_neg = self.network(x2, training=False)['embedding']
       triplet = losses.angular_triplet(emb[:batch], emb[batch:2 * batch], e_neg,
-                                       config.get('margin', 0.03),
-                                       config.get('norm_weight', 0.001))
-    triplet = config.get('metric_weight', 2.0) * triplet
+                                       config.margin,
+                                       config.norm_weight)
+    triplet = config.metric_weight * triplet
 
     total = lsce + bce + kl + attn + triplet
     terms = {'loss': total, 'lsce': lsce, 'mart_bce': bce, 'mart_kl': kl, 'attention': attn,

@@ -14,7 +14,7 @@ The official code is ImageNet only; this is the CIFAR configuration of the recip
 
 import tensorflow as tf
 
-from agkd_tf import losses
+from agkd_tf.core import losses
 from agkd_tf.methods import at
 
 # The weight of the logit-pairing term in the recipe.
@@ -32,7 +32,7 @@ class ALP(at.MadryAT):
     both = tf.concat([logits_clean, logits_adv], 0)
     ce = tf.reduce_mean(losses.cross_entropy(both, tf.concat([labels, labels], 0),
                                              self.num_classes,
-                                             self.config.get('label_smoothing', 0.0)))
+                                             self.config.label_smoothing))
     pairing = PAIRING_WEIGHT * tf.reduce_mean(tf.square(
         tf.cast(logits_clean, tf.float32) - tf.cast(logits_adv, tf.float32)))
     return {'loss': ce + pairing, 'ce': ce, 'logit_pairing': pairing}

@@ -13,7 +13,7 @@ weight update (`stop_gradient`).
 import tensorflow as tf
 
 from agkd_tf import attacks
-from agkd_tf import losses
+from agkd_tf.core import losses
 from agkd_tf.methods import base
 
 

@@ -15,10 +15,13 @@ values, return `{name: value}`. What the base adds, so each method only writes i
 - A seeded tf.random.Generator for attack starts and class-bank draws, checkpointed with the run.
 """
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
 from agkd_tf import models
+from agkd_tf.methods import hparams
 
 
 class Method(keras.Model):
@@ -30,25 +33,36 @@ class Method(keras.Model):
   Args:
     network: the model zoo network being trained.
     num_classes: K.
-    config: a `MethodConfig` with the method's hyper-parameters.
+    config: the method's hyper-parameters: an instance of `hparams_class` or of a subclass
+      (`MethodConfig`, every method's fields); label_smoothing None means the method's default.
     teacher: optional frozen teacher network.
     class_bank: optional `data.ClassBank` of the training set.
     seed: seed of the method's random generator.
+    flip: whether the dataset allows horizontal flips (augmentation of drawn bank images).
+    augment: whether training images are augmented at all (`--augment`).
+    num_train: training-set size (per-example state, CAT).
   """
 
   loss_terms = ('loss',)
   accuracies = ('accuracy',)
+  hparams_class = hparams.CommonHParams  # The fields the method reads; subclasses extend it.
   default_label_smoothing = 0.0  # Used when --label_smoothing is not given.
   # Methods that keep per-example state (CAT's eps_i) set this: their batches then carry each
   # example's training-set index, and `compute_losses` receives it as `indices=`.
   needs_indices = False
 
   def __init__(self, network, num_classes, config, teacher=None, class_bank=None, seed=0,
-               **kwargs):
+               flip=True, augment=True, num_train=0, **kwargs):
     super().__init__(**kwargs)
+    if not isinstance(config, self.hparams_class):
+      raise TypeError(f'{type(self).__name__} takes {self.hparams_class.__name__} (or '
+                      f'MethodConfig), not {type(config).__name__}')
+    if config.label_smoothing is None:
+      config = dataclasses.replace(config, label_smoothing=self.default_label_smoothing)
     self.network = network
     self.num_classes = num_classes
     self.config = config
+    self.flip, self.augment, self.num_train = flip, augment, num_train
     self.class_bank = class_bank
     self.teacher = teacher
     if teacher is not None:
@@ -88,7 +102,7 @@ class Method(keras.Model):
     They are computed in `dtype` if given, else in `--attack_dtype` (`config.attack_dtype`;
     None: the network's own).
     """
-    with models.compute_dtype(self.network, dtype or self.config.get('attack_dtype')):
+    with models.compute_dtype(self.network, dtype or self.config.attack_compute_dtype()):
       logits = self.network(images, training=False)['logits']
     return tf.cast(logits, tf.float32)
 
@@ -168,27 +182,6 @@ class Method(keras.Model):
         v.assign(store[f'untracked_{i}'])
 
 
-class MethodConfig:
-  """Hyper-parameters of a method, frozen after construction.
-
-  Any keyword is accepted, so each method reads the fields it needs (`label_smoothing`, `eps`,
-  `step_size`, `attack_steps`, ...) and the base stays independent of the method list.
-  """
-
-  def __init__(self, **fields):
-    object.__setattr__(self, '_fields', dict(fields))
-
-  def __getattr__(self, name):
-    try:
-      return self._fields[name]
-    except KeyError:
-      raise AttributeError(f'MethodConfig has no field "{name}"') from None
-
-  def __setattr__(self, name, value):
-    raise AttributeError('MethodConfig is frozen')
-
-  def get(self, name, default=None):
-    return self._fields.get(name, default)
-
-  def as_dict(self):
-    return dict(self._fields)
+# Every method's fields in one frozen dataclass: what tests and users building a method by hand
+# pass (a method reads only its own; `Method.hparams_class` names them).
+MethodConfig = hparams.AllHParams

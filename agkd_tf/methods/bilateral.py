@@ -19,7 +19,7 @@ As the recipe (`docs/algorithms.md`, "Baselines"):
 import tensorflow as tf
 
 from agkd_tf import attacks
-from agkd_tf import losses
+from agkd_tf.core import losses
 from agkd_tf.methods import base
 
 GAMMA = 0.01

@@ -42,8 +42,9 @@ are distinct (a batch is a slice of a permutation), so the scatter has no write 
 import tensorflow as tf
 
 from agkd_tf import attacks
-from agkd_tf import losses
+from agkd_tf.core import losses
 from agkd_tf.methods import base
+from agkd_tf.methods import hparams
 
 ETA = 0.005  # The per-step change of eps_i.
 SMOOTHING_SCALE = 10.0  # c of the adaptive label.
@@ -95,6 +96,8 @@ def margin_hinge(logits, labels, kappa=HINGE_KAPPA):
 class CAT(base.Method):
   """Customized adversarial training with per-example budgets and adaptive labels."""
 
+  hparams_class = hparams.CatHParams
+
   loss_terms = ('loss', 'ce', 'hinge', 'mean_eps')
   accuracies = ('adv_accuracy',)
   needs_indices = True
@@ -103,11 +106,11 @@ class CAT(base.Method):
                **kwargs):
     super().__init__(network, num_classes, config, teacher=teacher, class_bank=class_bank,
                      seed=seed, **kwargs)
-    num_train = int(config.get('num_train', 0) or 0)
+    num_train = int(self.num_train or 0)
     if num_train <= 0:
       raise ValueError('CAT keeps one eps per training example: MethodConfig.num_train must be '
                        'the training-set size')
-    self.loss_kind = config.get('cat_loss', 'ce')
+    self.loss_kind = config.cat_loss
     if self.loss_kind not in LOSSES:
       raise ValueError(f'unknown cat_loss "{self.loss_kind}"; valid: {", ".join(LOSSES)}')
     # Created in the caller's strategy scope: mirrored under MirroredStrategy (see the module

@@ -6,7 +6,7 @@ Training", NeurIPS 2019; official code Haichao-Zhang/FeatureScatter. The recipe 
 
 1. z = logits of the clean x, and x0 = x + U(-eps, eps), both on the network in BN eval.
 2. Loss_OT = sum_ij T_ij C_ij with C_ij = max(0, 1 - cos(z_i, z(x0)_j)) and T the log-domain
-   Sinkhorn plan (`agkd_tf.ot`), differentiated through the Sinkhorn iterations.
+   Sinkhorn plan (`agkd_tf.core.ot`), differentiated through the Sinkhorn iterations.
 3. x' = P_eps(x0 + eps * sign(d Loss_OT / d x0)): one step of size eps.
 4. Loss: LSCE(z(x'), y; 0.5) with BN in train mode on x' only; x' is a constant.
 
@@ -30,9 +30,9 @@ Choices:
 import tensorflow as tf
 
 from agkd_tf import attacks
-from agkd_tf import losses
-from agkd_tf import ot
-from agkd_tf.errors import UserError
+from agkd_tf.core import losses
+from agkd_tf.core import ot
+from agkd_tf.core.errors import UserError
 from agkd_tf.methods import base
 
 
@@ -47,7 +47,7 @@ class FeatureScatter(base.Method):
                **kwargs):
     super().__init__(network, num_classes, config, teacher=teacher, class_bank=class_bank,
                      seed=seed, **kwargs)
-    if int(config.get('attack_steps', 1)) < 1:
+    if int(config.attack_steps) < 1:
       raise UserError(f'feature_scatter needs --attack_steps >= 1, not {config.attack_steps}')
 
   def adversarial(self, images):
@@ -68,7 +68,7 @@ class FeatureScatter(base.Method):
     seed = tf.cast(self.rng.make_seeds(1)[:, 0], tf.int32)
     x0 = x + eps * tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0)
     z_clean = tf.stop_gradient(logits(x))
-    steps = int(self.config.get('attack_steps', 1))
+    steps = int(self.config.attack_steps)
     step = eps if steps == 1 else self.config.step_size
     x_adv, transport_x0 = x0, None
     for _ in range(steps):

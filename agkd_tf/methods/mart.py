@@ -11,19 +11,22 @@ As the recipe (`docs/algorithms.md`, "Baselines") and the official code:
 - The step is TRADES's (Gaussian start, separate BN-train passes on x and x'), so the class
   subclasses `TRADES` and replaces the attack and the loss; it makes one BN-train pass on x where
   TRADES makes two, as the official `mart_loss` and `trades_loss` do.
-- `--label_smoothing` applies to the CE if given (0 by default, the official plain CE). `--mart`
+- `--label_smoothing` applies to the CE if given (0 by default, the official plain CE). `--agkd_mart`
   is AGKD-BML's switch and is not read here.
 """
 
 import tensorflow as tf
 
 from agkd_tf import attacks
-from agkd_tf import losses
+from agkd_tf.core import losses
 from agkd_tf.methods import trades
+from agkd_tf.methods import hparams
 
 
 class MART(trades.TRADES):
   """MART training: adversarial CE, boosted BCE and misclassification-weighted KL."""
+
+  hparams_class = hparams.MartHParams
 
   loss_terms = ('loss', 'ce', 'mart_bce', 'mart_kl')
   clean_bn_passes = 1  # The official mart_loss calls the model once on x, once on x'.
@@ -37,7 +40,7 @@ class MART(trades.TRADES):
   def objective(self, logits_clean, logits_adv, labels):
     """The loss terms from the [B, K] BN-train logits of x and x'."""
     ce = tf.reduce_mean(losses.cross_entropy(logits_adv, labels, self.num_classes,
-                                             self.config.get('label_smoothing', 0.0)))
+                                             self.config.label_smoothing))
     bce, kl = losses.mart_terms(logits_clean, logits_adv, labels,
-                                self.config.get('mart_beta', 6.0))
+                                self.config.mart_beta)
     return {'loss': ce + bce + kl, 'ce': ce, 'mart_bce': bce, 'mart_kl': kl}

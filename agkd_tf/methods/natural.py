@@ -6,7 +6,7 @@ Cross-entropy on clean images in BN train mode, optionally with the official lab
 
 import tensorflow as tf
 
-from agkd_tf import losses
+from agkd_tf.core import losses
 from agkd_tf.methods import base
 
 
@@ -19,5 +19,5 @@ class Natural(base.Method):
   def compute_losses(self, images, labels):
     logits = self.network(images, training=True)['logits']
     ce = losses.cross_entropy(logits, labels, self.num_classes,
-                              self.config.get('label_smoothing', 0.0))
+                              self.config.label_smoothing)
     return {'loss': tf.reduce_mean(ce)}, {'accuracy': logits}

@@ -32,15 +32,18 @@ finished run of the same model) to do the same, see flags/cifar10_sml.cfg.
 import tensorflow as tf
 
 from agkd_tf import attacks
-from agkd_tf import losses
+from agkd_tf.core import losses
 from agkd_tf.data import pipeline
 from agkd_tf.methods import base
+from agkd_tf.methods import hparams
 
 POOL_FACTOR = 10  # The pool holds 10 B images (the official `mul_num`).
 
 
 class SML(base.Method):
   """Triplet-loss adversarial training (TLA) with mined hard negatives."""
+
+  hparams_class = hparams.TripletHParams
 
   loss_terms = ('loss', 'ce', 'triplet_clean', 'triplet_class')
   accuracies = ('clean_accuracy', 'adv_accuracy')
@@ -61,9 +64,9 @@ class SML(base.Method):
     return self.network(images, training=training)
 
   def _augment(self, images, seed):
-    if not self.config.get('augment', True):  # --noaugment: the bank images as they are.
+    if not self.augment:  # --noaugment: the bank images as they are.
       return images
-    return pipeline.augment_batch(images, seed, flip=self.config.get('flip', True))
+    return pipeline.augment_batch(images, seed, flip=self.flip)
 
   def draw_pool(self, size, seeds):
     """`size` random augmented training images and their labels (in-graph bank draws)."""
@@ -130,9 +133,9 @@ class SML(base.Method):
     e_pos2 = self._embed(x_pos2, True)['embedding']
     e_neg = self._embed(negatives, True)['embedding']
     ce = tf.reduce_mean(losses.cross_entropy(out_adv['logits'], labels, self.num_classes,
-                                             config.get('label_smoothing', 0.0)))
-    weight = config.get('metric_weight', 2.0)
-    margin, norm_weight = config.get('margin', 0.03), config.get('norm_weight', 0.001)
+                                             config.label_smoothing))
+    weight = config.metric_weight
+    margin, norm_weight = config.margin, config.norm_weight
     trip_clean = weight * losses.angular_triplet(out_adv['embedding'], e_clean, e_neg, margin,
                                                  norm_weight)
     trip_class = weight * losses.angular_triplet(out_adv['embedding'], e_pos2, e_neg, margin,

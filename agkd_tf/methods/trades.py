@@ -26,14 +26,17 @@ model in train mode once on x and once on x' (`clean_bn_passes = 1`).
 
 import tensorflow as tf
 
-from agkd_tf import losses
+from agkd_tf.core import losses
 from agkd_tf.attacks.kl_pgd import gaussian_start
 from agkd_tf.attacks.kl_pgd import kl_pgd
 from agkd_tf.methods import base
+from agkd_tf.methods import hparams
 
 
 class TRADES(base.Method):
   """TRADES training: clean CE plus beta times the KL to the adversarial prediction."""
+
+  hparams_class = hparams.TradesHParams
 
   loss_terms = ('loss', 'ce', 'kl')
   accuracies = ('clean_accuracy', 'adv_accuracy')
@@ -59,8 +62,8 @@ class TRADES(base.Method):
   def objective(self, logits_clean, logits_adv, labels):
     """The loss terms from the [B, K] BN-train logits of x and x'."""
     ce = tf.reduce_mean(losses.cross_entropy(logits_clean, labels, self.num_classes,
-                                             self.config.get('label_smoothing', 0.0)))
-    kl = self.config.get('trades_beta', 6.0) * tf.reduce_mean(
+                                             self.config.label_smoothing))
+    kl = self.config.trades_beta * tf.reduce_mean(
         losses.kl_from_logits(logits_clean, logits_adv))
     return {'loss': ce + kl, 'ce': ce, 'kl': kl}
 

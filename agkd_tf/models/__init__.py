@@ -11,7 +11,7 @@ import functools
 
 import keras
 
-from agkd_tf.errors import UserError
+from agkd_tf.core.errors import UserError
 from agkd_tf.models import cnn
 from agkd_tf.models import common
 from agkd_tf.models import resnet

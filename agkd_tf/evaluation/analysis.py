@@ -33,7 +33,7 @@ def knn_table(model, splits, runner, x_pgd20, k=50, batch_size=256):
   Args:
     model: a `LoadedModel` with an embedding_fn.
     splits: the data; its training split is the k-NN memory.
-    runner: an `evaluate_lib.AttackRunner` holding the test images and labels.
+    runner: an `evaluation.AttackRunner` holding the test images and labels.
     x_pgd20: PGD-20 adversarial test images (computed by the runner when None).
     k: neighbours.
     batch_size: embedding batch size.

@@ -92,22 +92,60 @@ def masking_flags(acc, extra):
   return flags
 
 
-def eps_plot(curves, path, title):
-  """Saves PGD-20 accuracy against eps, one line per `curves` entry ({name: eps_sweep})."""
+# Line markers of eps_plot. Seven is prime to the 20 colours of tab20, so the (colour, marker)
+# pairs repeat only after 140 lines; tab20 alone pairs a dark and a light shade of each hue, and the
+# marker tells those neighbours apart.
+_MARKERS = ('o', 's', '^', 'D', 'v', 'P', 'X')
+
+
+def eps_styles(n):
+  """(colour, marker) of each of n lines: distinct for any n up to 140."""
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+  colours = colormaps['tab20'].colors
+  return [(colours[i % len(colours)], _MARKERS[i % len(_MARKERS)]) for i in range(n)]
+
+
+def eps_plot(curves, path, title, dashed=()):
+  """Saves PGD-20 accuracy against eps, one line per `curves` entry ({name: eps_sweep}).
+
+  The evaluator draws one model's curve; `bench/robustness_cpu.py` draws every row of its table.
+  Matplotlib's default cycle has ten colours, so every line gets its own (colour, marker) instead.
+
+  Args:
+    curves: {label: {eps (str or float, in [0, 1] units): accuracy in %}}, in drawing order.
+    path: the PNG to write.
+    title: the plot's title.
+    dashed: labels drawn dashed (ablations).
+
+  Returns:
+    [(label, colour, marker, linestyle)] of the lines drawn, as matplotlib holds them.
+  """
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
+  from matplotlib import colors as mcolors  # pylint: disable=g-import-not-at-top
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(4.5, 3.2) if len(curves) < 2 else (6.5, 4.2))
-  for name, sweep in curves.items():
+  many = len(curves) > 4
+  fig, ax = plt.subplots(figsize=(9.5, 4.8) if many else (4.5, 3.2) if len(curves) < 2
+                         else (6.5, 4.2))
+  top = 0.0
+  for (name, sweep), (colour, marker) in zip(curves.items(), eps_styles(len(curves))):
     items = sorted((float(k), v) for k, v in sweep.items())
-    ax.plot([k * 255 for k, _ in items], [v for _, v in items], 'o-', label=name)
-  if len(curves) > 1:
+    top = max([top] + [v for _, v in items])
+    ax.plot([k * 255 for k, _ in items], [v for _, v in items], color=colour, marker=marker,
+            linestyle='--' if name in dashed else '-', markersize=6, linewidth=1.4, label=name)
+  if many:
+    # Outside the axes: inside, the legend would hide the crowded low-eps points.
+    ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0), frameon=False)
+  elif len(curves) > 1:
     ax.legend(fontsize=7, ncol=2)
   ax.set_xlabel('eps (x/255)')
   ax.set_ylabel('PGD-20 accuracy (%)')
-  ax.set_ylim(0, 100)
+  ax.set_ylim(0, min(100, 10 * (int(top) // 10 + 1)))
   ax.set_title(title)
   ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
+  drawn = [(line.get_label(), mcolors.to_hex(line.get_color()), line.get_marker(),
+            line.get_linestyle()) for line in ax.get_lines()]
   plt.close(fig)
+  return drawn

@@ -1,0 +1,120 @@
+"""One source for every default: the config dataclasses' option fields, their flags and checks.
+
+`methods.hparams` (each method's hyper-parameters), `train_lib.TrainConfig` and
+`evaluation.EvalConfig` declare each field once with `core.options.option`; the binaries' flags
+are made from those fields.
+"""
+
+import dataclasses
+import inspect
+import re
+
+from absl import flags
+import pytest
+
+from agkd_tf import evaluation
+from agkd_tf import flags as agkd_flags
+from agkd_tf import methods
+from agkd_tf import train_lib
+from agkd_tf.methods import hparams
+from tests import helpers
+
+
+def _flag_values():
+  """The method flags alone, in a FlagValues of their own."""
+  values = flags.FlagValues()
+  for field in dataclasses.fields(hparams.AllHParams):
+    agkd_flags.define_field(field, values)
+  return values
+
+
+def test_every_method_reads_only_the_fields_of_its_own_dataclass():
+  for name in methods.names():
+    cls = methods.get(name)
+    fields = set(hparams.names(cls.hparams_class))
+    # The functions the class resolves (MART overrides TRADES's loss, which reads trades_beta).
+    source = ''.join(inspect.getsource(f) for _, f in inspect.getmembers(cls, inspect.isfunction)
+                     if f.__module__.startswith('agkd_tf.methods.'))
+    read = set(re.findall(r'\bconfig\.([a-z_]+)\b', source)) - {'attack_compute_dtype'}
+    assert read <= fields, (name, sorted(read - fields))
+    assert issubclass(hparams.AllHParams, cls.hparams_class)
+
+
+def test_a_misspelt_or_foreign_field_fails_at_once():
+  with pytest.raises(TypeError):
+    hparams.TradesHParams(trades_betta=6.0)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    hparams.CommonHParams().eps = 0.1
+  # A method refuses another method's dataclass: TRADES cannot read trades_beta from CAT's.
+  with pytest.raises(TypeError, match='TradesHParams'):
+    methods.build('trades', helpers.dense_network(num_classes=3), 3, hparams.CatHParams())
+
+
+def test_the_config_and_the_flags_take_the_dataclass_defaults():
+  config = train_lib.TrainConfig(model_dir='x')
+  values = _flag_values()
+  values(['prog'])
+  for field in dataclasses.fields(hparams.AllHParams):
+    assert getattr(config, field.name) == field.default, field.name
+    assert values[field.name].default == field.default, field.name
+    assert values[field.name].help.endswith(field.metadata['help']), field.name
+  # The method gets its own class, label smoothing resolved to its official default.
+  agkd = train_lib.method_config(dataclasses.replace(config, method='agkd_bml'))
+  assert type(agkd) is hparams.AgkdBmlHParams and agkd.label_smoothing == 0.5
+  at = train_lib.method_config(dataclasses.replace(config, method='at', trades_beta=1.0))
+  assert type(at) is hparams.CommonHParams and at.label_smoothing == 0.0
+  assert not hasattr(at, 'trades_beta')
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--eps=8'], '--eps must lie in [0, 0.5] in pixel units (8/255 = 0.0314, not 8)'),
+    (['--label_smoothing=1'], '--label_smoothing must lie in [0, 1)'),
+    (['--margin=2'], '--margin must lie in [0, 1]'),
+    (['--trades_beta=-1'], '--trades_beta must be >= 0'),
+    (['--attention=foo'], 'value should be one of'),
+])
+def test_the_flags_check_the_dataclass_ranges(argv, message):
+  values = _flag_values()
+  with pytest.raises(flags.Error, match=re.escape(message)):
+    values(['prog'] + argv)
+
+
+def test_config_checks_match_the_flag_checks():
+  assert not hparams.check(train_lib.TrainConfig(model_dir='x'))
+  bad = dataclasses.replace(train_lib.TrainConfig(model_dir='x'), eps=0.6, agkd_loss='foo')
+  assert hparams.check(bad) == [
+      'eps=0.6 must lie in [0, 0.5] in pixel units (8/255 = 0.0314, not 8)',
+      'unknown agkd_loss "foo"; valid: official, trades']
+  # The Python API names the same fields.
+  assert set(train_lib.METHOD_HPARAMS) == set(hparams.names())
+
+
+def test_mart_is_a_deprecated_alias_of_agkd_mart():
+  values = _flag_values()
+  values(['prog'])
+  flags.DEFINE_alias('mart', 'agkd_mart', flag_values=values)
+  values(['prog', '--nomart'])
+  assert values.agkd_mart is False and values['mart'].present
+
+
+@pytest.mark.parametrize('define,cls', [
+    (agkd_flags.define_train_flags, train_lib.TrainConfig),
+    (agkd_flags.define_evaluate_flags, evaluation.EvalConfig),
+])
+def test_every_binary_flag_of_a_config_field_has_the_field_default(define, cls):
+  values = flags.FlagValues()
+  define(values)
+  values(['prog', '--model_dir=x'])
+  options_fields = [f for f in dataclasses.fields(cls) if 'help' in f.metadata]
+  assert len(options_fields) > 15
+  for field in options_fields:
+    flag = values[field.name]
+    default = None if field.default is dataclasses.MISSING else field.default
+    if isinstance(default, tuple):
+      default = [str(v) for v in default]
+    assert flag.default == default, field.name
+  parsed = agkd_flags.values_from_flags(cls, values)
+  config = cls(**parsed)
+  for field in options_fields:
+    if field.name != 'model_dir':
+      assert getattr(config, field.name) == field.default, field.name
