@@ -24,6 +24,17 @@ repeated. `--max_minutes` ends a chunk cleanly before a time limit (the training
   python bench/recipe_study.py --stages=table,readme                  # table and README block
   python bench/recipe_study.py --stages=export                        # SavedModels to publish
 
+A study of this size outlives the machine it starts on (about 8 hours of CPU, in sessions whose
+machines do not keep the run directories). `--stages=park` copies what each row needs to resume or to be
+tabled, and nothing else, into the repository (bench/results/recipe_runs/<row>/: flags.json,
+model_spec.json, result.json, train.log, the latest checkpoint and eval_study's JSON); the
+TensorBoard summaries and the run's export stay behind. `--stages=unpark` puts a parked row back
+into --runs_dir where the run there is missing or older, so the next machine goes on from the
+parked step:
+
+  python bench/recipe_study.py --stages=unpark && python bench/recipe_study.py --stages=train,eval
+  python bench/recipe_study.py --stages=park    # before the machine goes; commit recipe_runs/
+
 The table (bench/results/recipe_study.{md,json}) reads every figure from the runs' eval.json and
 result.json; rows not yet evaluated are listed as missing under it. The export stage writes each
 evaluated row's SavedModel under bench/results/models/recipe_<row>/, so anyone can re-evaluate it
@@ -85,6 +96,7 @@ ROWS = (
         _CFG + 'agkd_bml_k10_untargeted.cfg', teacher='teacher_ls05', ours=True),
 )
 BY_KEY = {r.key: r for r in ROWS}
+STAGES = ('unpark', 'train', 'eval', 'table', 'readme', 'export', 'park')
 STUDENT_ATTACKS = ['clean', 'fgsm', 'pgd20', 'cw20', 'aa']
 TEACHER_ATTACKS = ['clean', 'pgd20']
 
@@ -92,9 +104,11 @@ def define_flags():
   """The driver's flags; defined when it runs, so other scripts can import its rows."""
   flags.DEFINE_list('rows', [r.key for r in ROWS], 'Rows to work on, in this order: ' +
                     ', '.join(r.key for r in ROWS) + '.')
-  flags.DEFINE_list('stages', ['train', 'eval', 'table'], 'train, eval, table, readme and/or '
-                    'export. readme rewrites the README block between the recipe_study markers '
-                    'from the table\'s JSON; export writes the SavedModels to publish.')
+  flags.DEFINE_list('stages', ['train', 'eval', 'table'], 'unpark, train, eval, table, readme, '
+                    'export and/or park, done in that order. readme rewrites the README block '
+                    'between the recipe_study markers from the table\'s JSON; export writes the '
+                    'SavedModels to publish; park and unpark move each row\'s resumable state '
+                    'between --runs_dir and --park_dir.')
   flags.DEFINE_string('runs_dir', 'runs/recipe', 'One run directory per row under here.')
   flags.DEFINE_integer('num_examples', 500, 'Class-balanced test images of every evaluation, '
                        'AutoAttack included.')
@@ -106,6 +120,8 @@ def define_flags():
                       'The export stage writes recipe_<row>/ under here.')
   flags.DEFINE_string('readme', os.path.join(ROOT, 'README.md'),
                       'The README the readme stage edits.')
+  flags.DEFINE_string('park_dir', os.path.join(common.RESULTS, 'recipe_runs'),
+                      'Where park writes, and unpark reads, each row\'s resumable state.')
   flags.DEFINE_list('train_flags', [], 'More flags for every training, e.g. --max_steps=2.')
   flags.DEFINE_list('eval_flags', [], 'More flags for every evaluation.')
 
@@ -330,12 +346,96 @@ def export(row):
   return True
 
 
+_PARKED_FILES = ('flags.json', 'model_spec.json', 'result.json', 'train.log')
+_PARKED_EVAL = ('eval.json', 'settings.json')  # settings.json last: it marks eval.json finished.
+
+
+def _checkpoint_step(directory):
+  """The step of the latest checkpoint under directory/checkpoints, or -1."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  latest = tf.train.latest_checkpoint(os.path.join(directory, 'checkpoints'))
+  return int(latest.rsplit('-', 1)[1]) if latest else -1
+
+
+def _copy_state(src, dest):
+  """Copies a row's resumable state from run dir src to dest (a new directory, then renamed)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tmp = dest + '.tmp'
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(os.path.join(tmp, 'checkpoints'))
+  for name in _PARKED_FILES:
+    if os.path.isfile(os.path.join(src, name)):
+      shutil.copy2(os.path.join(src, name), tmp)
+  latest = tf.train.latest_checkpoint(os.path.join(src, 'checkpoints'))
+  if latest:
+    # Only the newest checkpoint, and a state file that names only it (relative, so the
+    # directory can move).
+    for path in tf.io.gfile.glob(latest + '.*'):
+      shutil.copy2(path, os.path.join(tmp, 'checkpoints'))
+    name = os.path.basename(latest)
+    with open(os.path.join(tmp, 'checkpoints', 'checkpoint'), 'w') as f:
+      f.write(f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
+  if os.path.isfile(os.path.join(src, 'eval_study', 'settings.json')):
+    os.makedirs(os.path.join(tmp, 'eval_study'))
+    for name in _PARKED_EVAL:
+      shutil.copy2(os.path.join(src, 'eval_study', name), os.path.join(tmp, 'eval_study'))
+  old = dest + '.old'
+  shutil.rmtree(old, ignore_errors=True)
+  if os.path.exists(dest):
+    os.replace(dest, old)
+  os.replace(tmp, dest)
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def _progress(directory):
+  """How far a run directory got: (trained, evaluated, checkpoint step)."""
+  return (os.path.isfile(os.path.join(directory, 'result.json')),
+          os.path.isfile(os.path.join(directory, 'eval_study', 'settings.json')),
+          _checkpoint_step(directory))
+
+
+def park(row):
+  """Copies a row's resumable state from its run to park_dir/<row>/ when it got further."""
+  src, dest = run_dir(row), os.path.join(FLAGS.park_dir, row.key)
+  if not os.path.isfile(os.path.join(src, 'flags.json')):
+    return False
+  if os.path.isdir(dest) and _progress(dest) >= _progress(src):
+    print(f'{row.key}: parked already ({dest})')
+    return True
+  _copy_state(src, dest)
+  trained, evaluated, step = _progress(dest)
+  print(f'{row.key}: parked in {dest} (' + ('trained' if trained else f'checkpoint {step}') +
+        (', evaluated' if evaluated else '') + ')')
+  return True
+
+
+def unpark(row):
+  """Puts a parked row back into its run directory when the run there is missing or behind."""
+  src, dest = os.path.join(FLAGS.park_dir, row.key), run_dir(row)
+  if not os.path.isfile(os.path.join(src, 'flags.json')):
+    return False
+  if os.path.isdir(dest) and _progress(dest) >= _progress(src):
+    print(f'{row.key}: the run in {dest} is as far as the parked one; left as it is')
+    return False
+  _copy_state(src, dest)
+  trained, _, step = _progress(dest)
+  print(f'{row.key}: unparked into {dest} (' + ('trained' if trained else f'checkpoint {step}') +
+        ')')
+  return True
+
+
 def main(argv):
   del argv
   _START[0] = time.time()
   unknown = [k for k in FLAGS.rows if k not in BY_KEY]
   if unknown:
     raise app.UsageError(f'unknown rows {unknown}; valid: {", ".join(BY_KEY)}')
+  unknown = [s for s in FLAGS.stages if s not in STAGES]
+  if unknown:
+    raise app.UsageError(f'unknown stages {unknown}; valid: {", ".join(STAGES)}')
+  if 'unpark' in FLAGS.stages:
+    for key in FLAGS.rows:
+      unpark(BY_KEY[key])
   for key in FLAGS.rows:
     row = BY_KEY[key]
     if 'train' in FLAGS.stages and not train(row) or 'eval' in FLAGS.stages and not evaluate(
@@ -350,6 +450,9 @@ def main(argv):
   if 'export' in FLAGS.stages:
     for key in FLAGS.rows:
       export(BY_KEY[key])
+  if 'park' in FLAGS.stages:
+    for key in FLAGS.rows:
+      park(BY_KEY[key])
 
 
 if __name__ == '__main__':

@@ -8,6 +8,7 @@ test runs the real binaries on the shared CIFAR-10 folder, shrunk to a few steps
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -144,3 +145,69 @@ def test_driver_trains_evaluates_tables_publishes_and_resumes(tmp_path, shared_c
   for key in ('teacher_ls05', 'agkd_bml_k2', 'at10_init_teacher'):
     assert (tmp_path / 'models' / f'recipe_{key}' / 'saved_model.pb').is_file(), key
   assert not list((tmp_path / 'models').glob('*.tmp'))
+
+
+def _fake_run(directory, steps, result=False):
+  """A run directory with flags.json and one checkpoint per step in `steps`."""
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  # pylint: enable=g-import-not-at-top
+  os.makedirs(directory, exist_ok=True)
+  (directory / 'flags.json').write_text('{"method": "natural"}')
+  (directory / 'train.log').write_text('epoch 1\n')
+  (directory / 'summaries').mkdir(exist_ok=True)
+  (directory / 'summaries' / 'events').write_text('tensorboard')
+  value = tf.Variable(0.0)
+  manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=value),
+                                       str(directory / 'checkpoints'), max_to_keep=5)
+  for step in steps:
+    value.assign(float(step))
+    manager.save(checkpoint_number=step)
+  if result:
+    (directory / 'result.json').write_text('{"clean_accuracy": 0.5}')
+
+
+def _restored_value(directory):
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  # pylint: enable=g-import-not-at-top
+  value = tf.Variable(-1.0)
+  latest = tf.train.latest_checkpoint(str(directory / 'checkpoints'))
+  tf.train.Checkpoint(v=value).restore(latest).assert_consumed()
+  return latest.rsplit('-', 1)[1], value.numpy()
+
+
+def test_park_and_unpark_carry_a_run_to_the_next_machine(tmp_path):
+  runs, park = tmp_path / 'runs', tmp_path / 'parked'
+  _fake_run(runs / 'teacher_ls05', [40, 80, 120], result=True)
+  _fake_run(runs / 'agkd_bml_k10', [40, 80])
+  proc = _driver(tmp_path, '--stages=park', f'--park_dir={park}')
+  assert proc.returncode == 0, proc.stderr
+  assert 'teacher_ls05: parked in' in proc.stdout and '(trained)' in proc.stdout
+  assert 'agkd_bml_k10: parked in' in proc.stdout and '(checkpoint 80)' in proc.stdout
+  # Only what resuming and tabling need: the newest checkpoint, no summaries.
+  assert sorted(os.listdir(park / 'agkd_bml_k10')) == ['checkpoints', 'flags.json', 'train.log']
+  assert not [n for n in os.listdir(park / 'agkd_bml_k10' / 'checkpoints') if 'ckpt-40' in n]
+  assert (park / 'teacher_ls05' / 'result.json').is_file()
+  assert not list(park.glob('*.tmp')) and not list(park.glob('*.old'))
+
+  # A new machine: nothing in runs/. unpark restores the runs at their parked checkpoints.
+  shutil.rmtree(runs)
+  proc = _driver(tmp_path, '--stages=unpark', f'--park_dir={park}')
+  assert proc.returncode == 0, proc.stderr
+  assert 'agkd_bml_k10: unparked into' in proc.stdout
+  assert _restored_value(runs / 'agkd_bml_k10') == ('80', 80.0)
+  assert _restored_value(runs / 'teacher_ls05') == ('120', 120.0)
+  assert (runs / 'teacher_ls05' / 'result.json').is_file()
+
+  # The run goes on; parking again replaces the parked state, unparking leaves the newer run.
+  _fake_run(runs / 'agkd_bml_k10', [160])
+  proc = _driver(tmp_path, '--stages=unpark,park', f'--park_dir={park}')
+  assert proc.returncode == 0, proc.stderr
+  assert 'agkd_bml_k10: the run in' in proc.stdout and 'left as it is' in proc.stdout
+  assert 'teacher_ls05: parked already' in proc.stdout
+  assert _restored_value(park / 'agkd_bml_k10') == ('160', 160.0)
+  assert _restored_value(runs / 'agkd_bml_k10') == ('160', 160.0)
+
+  proc = _driver(tmp_path, '--stages=parc', f'--park_dir={park}')
+  assert proc.returncode != 0 and "unknown stages ['parc']" in proc.stderr
