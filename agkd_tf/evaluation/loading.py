@@ -9,6 +9,7 @@ from agkd_tf import io_utils
 from agkd_tf import run_dir
 from agkd_tf.core.errors import UserError
 from agkd_tf.evaluation.runner import LoadedModel
+from agkd_tf.evaluation.runner import network_model
 
 
 def load_model(model_dir=None, saved_model=None):
@@ -25,12 +26,9 @@ def load_model(model_dir=None, saved_model=None):
     result_path = os.path.join(model_dir, 'result.json')
     if os.path.isfile(result_path):
       step = int(io_utils.read_json(result_path).get('steps', 0))
-    return LoadedModel(
-        name=os.path.basename(os.path.normpath(model_dir)),
-        logits_fn=lambda x: tf.cast(network(x, training=False)['logits'], tf.float32),
-        input_shape=tuple(spec['input_shape']), num_classes=int(spec['num_classes']),
-        embedding_fn=lambda x: tf.cast(network(x, training=False)['embedding'], tf.float32),
-        dataset=spec.get('dataset'), step=step)
+    return network_model(network, spec['num_classes'],
+                         name=os.path.basename(os.path.normpath(model_dir)),
+                         input_shape=spec['input_shape'], dataset=spec.get('dataset'), step=step)
   return _load_saved_model(saved_model)
 
 

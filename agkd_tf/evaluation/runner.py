@@ -153,10 +153,14 @@ class RunnerSettings:
   verbose: int = 0
 
 
-def network_model(network, num_classes, name='network'):
-  """A zoo network (returning {'logits', 'embedding', ...}) as a `LoadedModel`, in BN eval."""
+def network_model(network, num_classes, name='network', input_shape=None, **fields):
+  """A zoo network (returning {'logits', 'embedding', ...}) as a `LoadedModel`, in BN eval.
+
+  `fields` are further `LoadedModel` fields (a run's `dataset` and `step`).
+  """
   return LoadedModel(
-      name=name, input_shape=tuple(network.input_shape[1:]), num_classes=int(num_classes),
+      name=name, input_shape=tuple(input_shape or network.input_shape[1:]),
+      num_classes=int(num_classes), **fields,
       logits_fn=lambda x: tf.cast(network(x, training=False)['logits'], tf.float32),
       embedding_fn=lambda x: tf.cast(network(x, training=False)['embedding'], tf.float32))
 
