@@ -118,3 +118,24 @@ def test_every_binary_flag_of_a_config_field_has_the_field_default(define, cls):
   for field in options_fields:
     if field.name != 'model_dir':
       assert getattr(config, field.name) == field.default, field.name
+
+
+def test_the_evaluator_checks_its_config_with_the_flag_ranges():
+  # pylint: disable=g-import-not-at-top
+  from agkd_tf.attacks.autoattack import autoattack
+  from agkd_tf.core.errors import UserError
+  from agkd_tf.evaluation import evaluator
+  # pylint: enable=g-import-not-at-top
+  choices = {f.name: f.metadata.get('choices') for f in dataclasses.fields(evaluation.EvalConfig)}
+  assert set(choices['aa_version']) == set(autoattack.VERSIONS)
+  config = evaluation.EvalConfig(model_dir='x')
+  for field, value, message in (
+      ('attack_backend', 'torch', 'unknown attack_backend "torch"; valid: native, cleverhans'),
+      ('aa_version', 'fast', 'unknown aa_version "fast"; valid: standard, plus, rand'),
+      ('eps', 0.0, 'eps=0.0 must lie in (0, 0.5] in pixel units (8/255 = 0.0314, not 8)'),
+      ('eps', 8.0, 'eps=8.0 must lie in (0, 0.5]')):
+    with pytest.raises(UserError, match=re.escape(message)):
+      evaluator.check_config(dataclasses.replace(config, **{field: value}))
+  with pytest.raises(UserError, match='pgx'):
+    evaluator.check_config(dataclasses.replace(config, attacks=('clean', 'pgx')))
+  evaluator.check_config(config)

@@ -30,6 +30,7 @@ from agkd_tf import attacks as attacks_lib
 from agkd_tf import data as data_lib
 from agkd_tf import io_utils
 from agkd_tf.core.errors import UserError
+from agkd_tf.core import options
 from agkd_tf.core.options import option
 from agkd_tf.evaluation import loading
 from agkd_tf.evaluation import masking
@@ -81,15 +82,9 @@ def check_config(config: EvalConfig):
   for name in config.attacks:
     if name not in ('clean', 'aa'):
       attacks_lib.get_attack(name)  # Unknown names fail before any work.
-  if config.attack_backend not in ('native', 'cleverhans'):
-    raise UserError(f'unknown attack backend "{config.attack_backend}"; valid: native, '
-                    'cleverhans')
-  from agkd_tf.attacks.autoattack import autoattack as aa_lib  # pylint: disable=g-import-not-at-top
-  if config.aa_version not in aa_lib.VERSIONS:
-    raise UserError(f'unknown AutoAttack version "{config.aa_version}"; valid: '
-                    f'{", ".join(aa_lib.VERSIONS)}')
-  if not 0 < config.eps <= 0.5:
-    raise UserError(f'eps={config.eps} must lie in (0, 0.5] in pixel units (8/255 = 0.0314)')
+  problems = options.check(config)  # Backend, AutoAttack version and eps: the flags' ranges.
+  if problems:
+    raise UserError(problems[0])
 
 
 def evaluate(config: EvalConfig):
