@@ -152,9 +152,6 @@ LOOP_FIELDS = ('checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps', 
                'max_steps', 'deterministic', 'nan_policy')
 
 
-NAN_POLICIES = train_step.NAN_POLICIES
-
-
 def _check_config(config):
   methods.validate_name(config.method)
   models.validate_name(config.model)
@@ -188,10 +185,7 @@ def check_method_hparams(config):
 def method_config(config):
   """The hyper-parameters of `config.method`: its own dataclass, label smoothing resolved."""
   cls = methods.get(config.method)
-  values = hparams.of(cls.hparams_class, config)
-  if values.label_smoothing is None:
-    values = dataclasses.replace(values, label_smoothing=cls.default_label_smoothing)
-  return values
+  return cls.resolve(hparams.of(cls.hparams_class, config))
 
 
 def load_teacher(teacher_dir, config, splits):

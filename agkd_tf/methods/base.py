@@ -51,14 +51,20 @@ class Method(keras.Model):
   # example's training-set index, and `compute_losses` receives it as `indices=`.
   needs_indices = False
 
+  @classmethod
+  def resolve(cls, config):
+    """`config` with the method's defaults filled in where it leaves them to the method (None)."""
+    if config.label_smoothing is None:
+      config = dataclasses.replace(config, label_smoothing=cls.default_label_smoothing)
+    return config
+
   def __init__(self, network, num_classes, config, teacher=None, class_bank=None, seed=0,
                flip=True, augment=True, num_train=0, **kwargs):
     super().__init__(**kwargs)
     if not isinstance(config, self.hparams_class):
       raise TypeError(f'{type(self).__name__} takes {self.hparams_class.__name__} (or '
                       f'MethodConfig), not {type(config).__name__}')
-    if config.label_smoothing is None:
-      config = dataclasses.replace(config, label_smoothing=self.default_label_smoothing)
+    config = self.resolve(config)
     self.network = network
     self.num_classes = num_classes
     self.config = config
