@@ -57,10 +57,8 @@ class TrainConfig(hparams.AllHParams):
   are inherited from `methods.hparams.AllHParams`.
   """
   # The data.
-  dataset: str = option('cifar10', 'cifar10 | svhn | tiny_imagenet | folder:PATH | npz:PATH | '
-                        'synthetic[:SIZE] (synthetic is for tests and smoke runs only).')
-  data_dir: Optional[str] = option(None, 'TFDS data directory (cifar10, svhn) or the '
-                                   'tiny-imagenet-200 folder.')
+  dataset: str = data_lib.dataset_option('cifar10')
+  data_dir: Optional[str] = data_lib.data_dir_option()
   train_examples: int = option(0, 'Class-balanced training subset size (0: all).', lower=0)
   test_examples: int = option(0, 'Class-balanced test subset size (0: all).', lower=0)
   seed: int = option(0, 'Seed of data order, augmentation, subsets and attacks.')

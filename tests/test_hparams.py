@@ -139,3 +139,20 @@ def test_the_evaluator_checks_its_config_with_the_flag_ranges():
   with pytest.raises(UserError, match='pgx'):
     evaluator.check_config(dataclasses.replace(config, attacks=('clean', 'pgx')))
   evaluator.check_config(config)
+
+
+def test_training_and_the_evaluator_share_the_data_fields():
+  # pylint: disable=g-import-not-at-top
+  from agkd_tf import data
+  from agkd_tf.core.errors import UserError
+  from agkd_tf.evaluation import evaluator
+  # pylint: enable=g-import-not-at-top
+  train = {f.name: f for f in dataclasses.fields(train_lib.TrainConfig)}
+  evaluate = {f.name: f for f in dataclasses.fields(evaluation.EvalConfig)}
+  assert train['data_dir'].metadata == evaluate['data_dir'].metadata
+  for fields in (train, evaluate):
+    assert fields['dataset'].metadata['help'].startswith(f'Dataset: {data.DATASET_NAMES}.')
+  assert train['dataset'].default == 'cifar10' and evaluate['dataset'].default is None
+  # A misspelt dataset fails before the (missing) model is looked at.
+  with pytest.raises(UserError, match='unknown dataset "cifar"; valid: cifar10, svhn'):
+    evaluator.check_config(evaluation.EvalConfig(model_dir='missing', dataset='cifar'))

@@ -12,6 +12,11 @@ from agkd_tf.data.class_bank import ClassBank
 from agkd_tf.data.loaders import names
 from agkd_tf.data.loaders import OFFLINE_HINT
 from agkd_tf.core.errors import UserError
+from agkd_tf.core.options import option
+
+# The names --dataset takes; validate_name's message and the flags' help both say them.
+DATASET_NAMES = ('cifar10, svhn, tiny_imagenet, folder:PATH, npz:PATH, synthetic[:SIZE] '
+                 '(synthetic is for tests and smoke runs only)')
 
 
 def parse_name(dataset):
@@ -25,10 +30,21 @@ def validate_name(dataset):
   from agkd_tf.data import loaders  # pylint: disable=g-import-not-at-top
   kind, arg = parse_name(dataset)
   if kind not in loaders._LOADERS:  # pylint: disable=protected-access
-    raise UserError(f'unknown dataset "{dataset}"; valid: cifar10, svhn, tiny_imagenet, '
-                    'folder:PATH, npz:PATH, synthetic[:SIZE]')
+    raise UserError(f'unknown dataset "{dataset}"; valid: {DATASET_NAMES}')
   if kind in ('folder', 'npz') and not arg:
     raise UserError(f'--dataset={kind} needs a path: --dataset={kind}:PATH')
+
+
+def dataset_option(default, default_text=''):
+  """The `dataset` field of a config (training's and the evaluator's): one help text."""
+  return option(default, f'Dataset: {DATASET_NAMES}.' + (f' Default: {default_text}.'
+                                                            if default_text else ''))
+
+
+def data_dir_option():
+  """The `data_dir` field of a config (training's and the evaluator's)."""
+  return option(None, 'TFDS data directory (cifar10, svhn) or the tiny-imagenet-200 folder; '
+                'offline, point it at a prepared TFDS directory or use --dataset=folder:PATH.')
 
 
 def load(dataset, data_dir=None, train_examples=0, test_examples=0, seed=0):

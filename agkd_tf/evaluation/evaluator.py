@@ -44,8 +44,8 @@ class EvalConfig:
   model_dir: Optional[str] = option(None, 'A training run of ours to evaluate.')
   saved_model: Optional[str] = option(None, 'Or any SavedModel taking float32 NHWC images in '
                                       '[0, 1] and returning logits (bring your own model).')
-  dataset: Optional[str] = option(None, 'Dataset (default: the run\'s own).')
-  data_dir: Optional[str] = option(None, 'TFDS data directory or tiny-imagenet-200 folder.')
+  dataset: Optional[str] = data_lib.dataset_option(None, 'the --model_dir run\'s own')
+  data_dir: Optional[str] = data_lib.data_dir_option()
   attacks: Sequence[str] = option(eval_report.DEFAULT_ATTACKS, 'Attacks: clean, fgsm, bim<n>, '
                                   'pgd<n>, cw<n>, mim<n>, aa (AutoAttack).')
   eps: float = option(8 / 255, 'L-inf budget in pixel units, e.g. 8/255.', lower=0.0,
@@ -82,6 +82,8 @@ def check_config(config: EvalConfig):
   for name in config.attacks:
     if name not in ('clean', 'aa'):
       attacks_lib.get_attack(name)  # Unknown names fail before any work.
+  if config.dataset:
+    data_lib.validate_name(config.dataset)  # Before the model loads.
   problems = options.check(config)  # Backend, AutoAttack version and eps: the flags' ranges.
   if problems:
     raise UserError(problems[0])
