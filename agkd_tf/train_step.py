@@ -3,7 +3,7 @@
 `make_step_fn` compiles a method's `train_step` under a tf.distribute strategy, with `next()` of
 the batch iterator inside the traced function. A non-finite loss either stops the run
 (`nan_policy='stop'`: the trainer raises, nothing is saved) or, with `'skip_batch'`, leaves the
-step without effect (`_NonFiniteGuard`). `distribute` hands each replica its slice of the global
+step without effect (`NonFiniteGuard`, a wrapper optimiser). `distribute` hands each replica its slice of the global
 batch.
 """
 
@@ -25,59 +25,112 @@ def first_replica(values, strategy):
   return {k: strategy.experimental_local_results(v)[0] for k, v in values.items()}
 
 
-class _NonFiniteGuard:
-  """Makes an optimiser leave every variable untouched on a step whose loss is not finite.
+class NonFiniteGuard(keras.optimizers.Optimizer):
+  """An optimiser wrapper that leaves every variable untouched on a step whose loss is not finite.
 
-  Installed on the optimiser instance for `nan_policy='skip_batch'`, so no method has to know:
-  `Method.train_step` hands its total loss to `optimizer.scale_loss` and its gradients to
-  `optimizer.apply`, which is all the guard needs.
+  It wraps an optimiser the way `keras.optimizers.LossScaleOptimizer` does, for
+  `nan_policy='skip_batch'`, so no method has to know: `Method.train_step` hands its total loss
+  to `optimizer.scale_loss` and its gradients to `optimizer.apply`, which is all the guard needs.
 
   - `scale_loss` notes this replica's loss.
-  - `apply` turns every gradient into NaN when that loss, or any gradient, is not finite. The
-    all-reduce sums gradients, so afterwards every replica holds NaN gradients when *any* replica
-    had a bad batch, and all replicas decide alike without a collective of their own.
-  - `update_step` (per variable, after the all-reduce) runs under a `tf.cond` on finite gradients.
-    A skipped variable keeps its value and its momentum; zeroing the gradient would not do, since
-    coupled weight decay and momentum would still move the weights.
-  The iteration counter still advances: the batch was consumed, and resume, the lr schedule and
-  the (seed, step) random draws all count batches.
+  - `apply` decides, with one all-reduce over the replicas, whether any replica's loss or
+    gradient is not finite, and then either applies the gradients with the inner optimiser or
+    skips it. It branches in the cross-replica context (as LossScaleOptimizer does): a `tf.cond`
+    whose branch calls `merge_call` (the inner `apply`) is not allowed in a replica context. A skipped step leaves every weight and momentum as it was; zeroing the gradient
+    would not do, since coupled weight decay and momentum would still move the weights.
+  The iteration counter still advances on a skipped step: the batch was consumed, and resume,
+  the lr schedule and the (seed, step) random draws all count batches.
+
+  The guard has no state of its own: its iterations, learning rate and variables are the inner
+  optimiser's. `install` puts it on a compiled method without making it a checkpoint dependency,
+  so the checkpoint still holds the inner optimiser at the same paths and a run may be resumed
+  with or without `--nan_policy=skip_batch`.
   """
 
-  def __init__(self, optimizer):
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+  def __init__(self, inner_optimizer):
+    if isinstance(inner_optimizer, keras.optimizers.LossScaleOptimizer):
+      # It has its own skip of non-finite steps (and needs it to lower its loss scale).
       raise ValueError('the non-finite guard does not wrap a LossScaleOptimizer')
+    super().__init__(learning_rate=0.0, name='non_finite_guard')
+    self.inner_optimizer = inner_optimizer
     self._local = threading.local()  # MirroredStrategy traces each replica in its own thread.
-    scale_loss, apply, update_step = (optimizer.scale_loss, optimizer.apply,
-                                      optimizer.update_step)
 
-    def guarded_scale_loss(loss):
-      self._local.loss = loss
-      return scale_loss(loss)
+  @classmethod
+  def install(cls, method):
+    """Wraps a compiled method's optimiser (once); returns the guard."""
+    if isinstance(method.optimizer, cls):
+      return method.optimizer
+    guard = cls(method.optimizer)
+    # object.__setattr__: Keras' and tf.Module's attribute tracking would make the guard the
+    # method's checkpoint dependency in place of the inner optimiser.
+    object.__setattr__(method, 'optimizer', guard)
+    return guard
 
-    def guarded_apply(grads, trainable_variables=None):
-      loss = getattr(self._local, 'loss', None)
-      bad = (tf.constant(False) if loss is None else
-             tf.logical_not(tf.math.is_finite(tf.cast(loss, tf.float32))))
-      for g in grads:
-        if g is not None:
-          bad = tf.logical_or(bad, tf.logical_not(tf.reduce_all(tf.math.is_finite(g))))
-      self._local.nonfinite = bad
-      poison = tf.where(bad, tf.constant(float('nan')), tf.constant(0.0))
-      grads = [g if g is None else g + tf.cast(poison, g.dtype) for g in grads]
-      return apply(grads, trainable_variables)
+  def build(self, var_list):
+    if not self.inner_optimizer.built:
+      self.inner_optimizer.build(var_list)
+    self.built = True
 
-    def guarded_update_step(gradient, variable, learning_rate):
-      def update():
-        update_step(gradient, variable, learning_rate)
-      tf.cond(tf.reduce_all(tf.math.is_finite(gradient)), update, lambda: None)
+  @property
+  def variables(self):
+    return self.inner_optimizer.variables
 
-    optimizer.scale_loss = guarded_scale_loss
-    optimizer.apply = guarded_apply
-    optimizer.update_step = guarded_update_step
+  @property
+  def iterations(self):
+    return self.inner_optimizer.iterations
+
+  @property
+  def learning_rate(self):
+    return self.inner_optimizer.learning_rate
+
+  @learning_rate.setter
+  def learning_rate(self, learning_rate):
+    self.inner_optimizer.learning_rate = learning_rate
+
+  def scale_loss(self, loss):
+    self._local.loss = loss
+    return self.inner_optimizer.scale_loss(loss)
 
   def nonfinite(self):
     """Whether this replica's last traced step had a non-finite loss or gradient."""
     return self._local.nonfinite
+
+  def apply(self, grads, trainable_variables=None):
+    if not self.built:
+      self.build(trainable_variables)
+    loss = getattr(self._local, 'loss', None)
+    bad = (tf.constant(False) if loss is None else
+           tf.logical_not(tf.math.is_finite(tf.cast(loss, tf.float32))))
+    for g in grads:
+      if g is not None:
+        bad = tf.logical_or(bad, tf.logical_not(tf.reduce_all(tf.math.is_finite(g))))
+    self._local.nonfinite = bad
+    # Every replica must take the same decision, or their weights (and, across workers, their
+    # collectives) part ways: one all-reduce, outside any branch.
+    context = tf.distribute.get_replica_context()
+    skip = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(bad, tf.float32)) > 0
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+      # (XLA on GPUs.) The inner apply has no merge_call: branch in the replica context.
+      tf.cond(skip, self._skip, lambda: self.inner_optimizer.apply(grads, trainable_variables))
+    else:
+      context.merge_call(self._cross_replica_apply, args=(skip, grads, trainable_variables))
+
+  def _cross_replica_apply(self, distribution, skip, grads, trainable_variables):
+    def apply():
+      distribution.extended.call_for_each_replica(self.inner_optimizer.apply,
+                                                  args=(grads, trainable_variables))
+
+    # Every replica holds the same all-reduced decision; the first one's stands for all.
+    tf.cond(distribution.experimental_local_results(skip)[0], self._skip, apply)
+
+  def _skip(self):
+    self.inner_optimizer.iterations.assign_add(1)
+
+  def update_step(self, gradient, variable, learning_rate):
+    raise NotImplementedError('the guard applies through its inner optimiser')
+
+  def get_config(self):
+    return {'inner_optimizer': keras.optimizers.serialize(self.inner_optimizer)}
 
 
 def make_step_fn(method, strategy, jit_compile, nan_policy=None):
@@ -91,8 +144,8 @@ def make_step_fn(method, strategy, jit_compile, nan_policy=None):
     strategy: the strategy it was built under.
     jit_compile: XLA for the replica step.
     nan_policy: None for the plain step; 'stop' or 'skip_batch' to also report non-finite
-      losses, agreed across all replicas. 'skip_batch' installs `_NonFiniteGuard` on the
-      optimiser and restores what the forward pass changed (BatchNorm moving statistics, the
+      losses, agreed across all replicas. 'skip_batch' wraps the method's optimiser in
+      `NonFiniteGuard` and restores what the forward pass changed (BatchNorm moving statistics, the
       loss and accuracy trackers) when the step is skipped.
 
   Returns:
@@ -120,10 +173,7 @@ def _policy_step(method, nan_policy):
   """The replica step of `make_step_fn` with a non-finite check (and, skip_batch, the guard)."""
   guard = None
   if nan_policy == 'skip_batch':
-    # Once per optimiser: a second guard would only check the same thing twice.
-    guard = getattr(method.optimizer, '_nonfinite_guard', None) or _NonFiniteGuard(
-        method.optimizer)
-    method.optimizer._nonfinite_guard = guard  # pylint: disable=protected-access
+    guard = NonFiniteGuard.install(method)
   kept = []
   if guard:
     # What the forward pass changes outside the optimiser. The frozen teacher is left out: it is

@@ -12,6 +12,7 @@
   with the weights of an uninterrupted run, bit for bit (CPU).
 """
 
+import dataclasses
 import glob
 import os
 import random
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -161,6 +163,35 @@ def test_skip_batch_run_counts_skips_and_finishes(tmp_path, monkeypatch):
     value = reader.get_tensor(name)
     if isinstance(value, np.ndarray) and value.dtype.kind == 'f':
       assert np.isfinite(value).all(), name
+
+
+def _checkpoint_names(model_dir):
+  reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(
+      os.path.join(model_dir, 'checkpoints')))
+  return set(reader.get_variable_to_shape_map())
+
+
+def test_the_guard_leaves_the_checkpoint_as_it_is(tmp_path):
+  # The guard wraps the optimiser but is no checkpoint dependency: the checkpoint of a
+  # skip_batch run holds the same variables as a plain one, and a run stopped on a NaN under
+  # the default policy resumes with --nan_policy=skip_batch.
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  plain = _config(tmp_path / 'plain', max_steps=2)
+  guarded = _config(tmp_path / 'guarded', max_steps=2, nan_policy='skip_batch')
+  train_lib.train(plain, strategy=strategy)
+  train_lib.train(guarded, strategy=strategy)
+  names = _checkpoint_names(plain.model_dir)
+  assert names == _checkpoint_names(guarded.model_dir)
+  assert not [n for n in names if 'guard' in n]
+  result = train_lib.train(dataclasses.replace(plain, max_steps=4, nan_policy='skip_batch'),
+                           strategy=strategy)
+  assert result['steps'] == 4 and _checkpoint_names(plain.model_dir) == names
+  _, method, optimizer, _ = _built(strategy)
+  guard = train_step.NonFiniteGuard.install(method)
+  assert method.optimizer is guard and train_step.NonFiniteGuard.install(method) is guard
+  assert guard.inner_optimizer is optimizer and guard.iterations is optimizer.iterations
+  with pytest.raises(ValueError, match='does not wrap a LossScaleOptimizer'):
+    train_step.NonFiniteGuard(keras.optimizers.LossScaleOptimizer(optimizer))
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
