@@ -394,34 +394,31 @@ def _progress(directory):
           _checkpoint_step(directory))
 
 
-def park(row):
-  """Copies a row's resumable state from its run to park_dir/<row>/ when it got further."""
-  src, dest = run_dir(row), os.path.join(FLAGS.park_dir, row.key)
+def _move_state(row, src, dest, verb, same_text):
+  """Copies a row's state from run-like directory src to dest when src got further."""
   if not os.path.isfile(os.path.join(src, 'flags.json')):
     return False
   if os.path.isdir(dest) and _progress(dest) >= _progress(src):
-    print(f'{row.key}: parked already ({dest})')
-    return True
+    print(f'{row.key}: {same_text}')
+    return False
   _copy_state(src, dest)
   trained, evaluated, step = _progress(dest)
-  print(f'{row.key}: parked in {dest} (' + ('trained' if trained else f'checkpoint {step}') +
+  print(f'{row.key}: {verb} {dest} (' + ('trained' if trained else f'checkpoint {step}') +
         (', evaluated' if evaluated else '') + ')')
   return True
 
 
+def park(row):
+  """Copies a row's resumable state from its run to park_dir/<row>/ when it got further."""
+  dest = os.path.join(FLAGS.park_dir, row.key)
+  return _move_state(row, run_dir(row), dest, 'parked in', f'parked already ({dest})')
+
+
 def unpark(row):
   """Puts a parked row back into its run directory when the run there is missing or behind."""
-  src, dest = os.path.join(FLAGS.park_dir, row.key), run_dir(row)
-  if not os.path.isfile(os.path.join(src, 'flags.json')):
-    return False
-  if os.path.isdir(dest) and _progress(dest) >= _progress(src):
-    print(f'{row.key}: the run in {dest} is as far as the parked one; left as it is')
-    return False
-  _copy_state(src, dest)
-  trained, _, step = _progress(dest)
-  print(f'{row.key}: unparked into {dest} (' + ('trained' if trained else f'checkpoint {step}') +
-        ')')
-  return True
+  dest = run_dir(row)
+  return _move_state(row, os.path.join(FLAGS.park_dir, row.key), dest, 'unparked into',
+                     f'the run in {dest} is as far as the parked one; left as it is')
 
 
 def main(argv):
