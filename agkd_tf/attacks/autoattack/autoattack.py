@@ -117,6 +117,41 @@ class AutoAttack:
     return np.concatenate([common.predict(self.model_fn, x[i:i + batch_size]).numpy()
                            for i in range(0, len(x), batch_size)])
 
+  def _model_checks(self, head_x, head_y):
+    """The official checks on a first batch: (warnings, number of classes)."""
+    log = self.log
+    warnings = []
+    if self.version != 'rand':
+      warnings += checks.check_randomized(self.model_fn, head_x, head_y, log=log)
+    range_warnings, n_cls = checks.check_range_output(self.model_fn, head_x, log=log)
+    warnings += range_warnings
+    num_classes = int(self.num_classes or n_cls)
+    warnings += checks.check_n_classes(num_classes, self.attacks_to_run, self.n_target_classes,
+                                       self.n_target_classes, log=log)
+    return warnings, num_classes
+
+  def _attack_robust(self, name, attack_idx, x, y, robust, x_adv, batch_size, num_classes):
+    """Runs one attack on the points still robust, updating `robust` and `x_adv` in place.
+
+    Returns:
+      (points attacked, points it flipped, batches with zero gradients).
+    """
+    idx_robust = np.flatnonzero(robust)
+    flipped = n_zero_grad = 0
+    n_batches = -(-len(idx_robust) // batch_size)
+    for b in range(n_batches):
+      rows = idx_robust[b * batch_size:(b + 1) * batch_size]
+      adv, zero = self._attack(name, x[rows], y[rows], (self.seed, attack_idx, b), num_classes)
+      n_zero_grad += zero
+      adv = adv.numpy()
+      fooled = common.predict(self.model_fn, adv).numpy() != y[rows]
+      robust[rows[fooled]] = False
+      x_adv[rows[fooled]] = adv[fooled]
+      flipped += int(fooled.sum())
+      self.log(f'{name} - {b + 1}/{n_batches} - {int(fooled.sum())} out of {len(rows)} '
+               'successfully perturbed')
+    return len(idx_robust), flipped, n_zero_grad
+
   def run(self, x, y, batch_size=250):
     """Evaluates robust accuracy; returns the per-point worst-case adversarial images.
 
@@ -139,25 +174,11 @@ class AutoAttack:
         'max_perturbation': max ||x_adv - x||_inf,
         plus 'version', 'eps', 'num_points', 'attacks'.
     """
-    x = np.asarray(x, np.float32)
-    y = np.asarray(y).astype(np.int32).reshape(-1)
-    if x.ndim != 4 or len(x) != len(y):
-      raise ValueError(f'expected images [N, H, W, C] and labels [N], got {x.shape}, {y.shape}')
-    if x.size and (x.min() < 0.0 or x.max() > 1.0):
-      raise ValueError(f'images must lie in [0, 1], got [{x.min()}, {x.max()}]')
+    x, y = _checked_inputs(x, y)
     n = len(x)
     log = self.log
     log(f'using {self.version} version including {", ".join(self.attacks_to_run)}')
-
-    warnings = []
-    head_x, head_y = x[:batch_size], y[:batch_size]
-    if self.version != 'rand':
-      warnings += checks.check_randomized(self.model_fn, head_x, head_y, log=log)
-    range_warnings, n_cls = checks.check_range_output(self.model_fn, head_x, log=log)
-    warnings += range_warnings
-    num_classes = int(self.num_classes or n_cls)
-    warnings += checks.check_n_classes(num_classes, self.attacks_to_run, self.n_target_classes,
-                                       self.n_target_classes, log=log)
+    warnings, num_classes = self._model_checks(x[:batch_size], y[:batch_size])
 
     y_pred = self._predict(x, batch_size)
     robust = y_pred == y
@@ -170,27 +191,14 @@ class AutoAttack:
     start_all = time.perf_counter()
     for attack_idx, name in enumerate(self.attacks_to_run):
       start = time.perf_counter()
-      idx_robust = np.flatnonzero(robust)
       attacked[name], flipped[name] = 0, 0
       if num_classes < _MIN_CLASSES.get(name, 2):
         skipped[name] = f'needs at least {_MIN_CLASSES[name]} classes, the model has {num_classes}'
         log(f'skipping {name}: {skipped[name]}')
       else:
-        attacked[name] = len(idx_robust)
-        n_batches = -(-len(idx_robust) // batch_size)
-        for b in range(n_batches):
-          rows = idx_robust[b * batch_size:(b + 1) * batch_size]
-          adv, zero = self._attack(name, x[rows], y[rows], (self.seed, attack_idx, b),
-                                   num_classes)
-          n_zero_grad += zero
-          adv = adv.numpy()
-          out = common.predict(self.model_fn, adv).numpy()
-          fooled = out != y[rows]
-          robust[rows[fooled]] = False
-          x_adv[rows[fooled]] = adv[fooled]
-          flipped[name] += int(fooled.sum())
-          log(f'{name} - {b + 1}/{n_batches} - {int(fooled.sum())} out of {len(rows)} '
-              'successfully perturbed')
+        attacked[name], flipped[name], zero = self._attack_robust(
+            name, attack_idx, x, y, robust, x_adv, batch_size, num_classes)
+        n_zero_grad += zero
       time_s[name] = time.perf_counter() - start
       robust_accuracy[name] = float(robust.mean()) if n else 0.0
       log(f'robust accuracy after {name.upper()}: {robust_accuracy[name]:.2%} '
@@ -220,3 +228,14 @@ class AutoAttack:
         'max_perturbation': max_pert,
     }
     return x_adv, report
+
+
+def _checked_inputs(x, y):
+  """(x, y) as float32 images [N, H, W, C] in [0, 1] and int32 labels [N], or ValueError."""
+  x = np.asarray(x, np.float32)
+  y = np.asarray(y).astype(np.int32).reshape(-1)
+  if x.ndim != 4 or len(x) != len(y):
+    raise ValueError(f'expected images [N, H, W, C] and labels [N], got {x.shape}, {y.shape}')
+  if x.size and (x.min() < 0.0 or x.max() > 1.0):
+    raise ValueError(f'images must lie in [0, 1], got [{x.min()}, {x.max()}]')
+  return x, y
