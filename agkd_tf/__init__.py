@@ -22,6 +22,13 @@ if 'keras' in sys.modules and os.environ.get('KERAS_BACKEND', 'tensorflow') != '
       f'KERAS_BACKEND={os.environ["KERAS_BACKEND"]}. Import agkd_tf first or unset it.')
 os.environ['KERAS_BACKEND'] = 'tensorflow'
 
+# TensorFlow's oneDNN CPU kernels are on by default only on CPUs with AVX-512 VNNI and newer. On
+# an AVX2 CPU they made our attacks about 1.9x and our training steps 1.5-1.7x as fast
+# (bench/results/onednn.md); they compute the same maths, with different float rounding. Read
+# when TensorFlow loads, so only if it has not; TF_ENABLE_ONEDNN_OPTS=0 keeps TensorFlow's own.
+if 'tensorflow' not in sys.modules:
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '1')
+
 __version__ = '0.1.0'
 
 # The Python API, imported on first use so that `import agkd_tf` (which every binary does first)

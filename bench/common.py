@@ -37,6 +37,8 @@ def machine():
   load = round(os.getloadavg()[2], 2) if hasattr(os, 'getloadavg') else None
   return {'cpu': cpu, 'cpu_features': cpu_features(), 'cores': os.cpu_count(), 'gpus': gpus,
           'load_avg_15m': load,
+          # TensorFlow's oneDNN kernels (import agkd_tf turns them on unless the variable is set).
+          'onednn': os.environ.get('TF_ENABLE_ONEDNN_OPTS'),
           'python': platform.python_version(), 'tensorflow': tf.__version__,
           'keras': keras.__version__, 'platform': platform.platform()}
 
@@ -76,7 +78,9 @@ def write(name, rows, columns, notes='', extra=None):
   lines = [f'# {name}', '', f'Command: `{info["command"]}`', '',
            f'Machine: {m["cpu"]} ({", ".join(m["cpu_features"]) or "no AVX2"}), {m["cores"]} '
            f'cores, GPUs: {", ".join(m["gpus"]) or "none"}{load}; '
-           f'TensorFlow {m["tensorflow"]}, Keras {m["keras"]}, Python {m["python"]}. '
+           f'TensorFlow {m["tensorflow"]}' +
+           (f' (TF_ENABLE_ONEDNN_OPTS={m["onednn"]})' if m.get('onednn') is not None else '') +
+           f', Keras {m["keras"]}, Python {m["python"]}. '
            f'Date: {info["date"]}.', '']
   if notes:
     lines += [notes, '']

@@ -3,7 +3,8 @@ r"""Writes the README's Speed and GPU tables from the results files, without rer
   python bench/readme_blocks.py            # rewrite the blocks from bench/results/*.json
   python bench/readme_blocks.py --check    # exit 1 if a block differs from its results file
 
-Each benchmark writes its JSON (`agkd_throughput.py`, `speed.py`, `gpu_reference_torch.py`); this
+Each benchmark writes its JSON (`agkd_throughput.py`, `speed.py`, `onednn.py`,
+`gpu_reference_torch.py`); this
 script turns those files into the README blocks between `<!-- NAME:begin -->` and
 `<!-- NAME:end -->`, so every figure in them is one a script measured, with the command that
 measured it. tests/test_bench_figures.py runs `--check`.
@@ -113,10 +114,27 @@ def gpu_reference_lines(eager, compiled):
   return lines
 
 
+def onednn_lines(result):
+  """oneDNN kernels on / off (bench/onednn.py): what `import agkd_tf` turning them on is worth."""
+  lines = ['| model | PGD-10 | AGKD-BML K=2 step | AT-10 step | max logit difference |',
+           '|---|---|---|---|---|']
+  for r in result['rows']:
+    cells = []
+    for w in ('pgd10', 'agkd_bml_k2_step', 'at10_step'):
+      cells.append(f'{r[w + "_ratio"]:.2f}x ({r[w + "_on"]:.1f} vs {r[w + "_off"]:.1f} img/s)'
+                   if w + '_ratio' in r else '-')
+    lines.append(f'| {r["model"]} | ' + ' | '.join(cells) + f' | {r["max_logit_diff"]} |')
+  lines += ['', f'oneDNN on / off, img/s, median of {result["rows"][0]["rounds"]} alternating '
+            f'rounds of one process per setting; {_machine(result)}, {result["date"]}; '
+            f'`{result["command"]}`.']
+  return lines
+
+
 def blocks():
   return {
       'agkd_throughput': agkd_throughput_lines(_load('agkd_throughput')),
       'speed': speed_lines(_load('speed')),
+      'onednn': onednn_lines(_load('onednn')),
       'gpu_torch_reference': gpu_reference_lines(_load('gpu_torch_reference'),
                                                  _load('gpu_torch_reference_compiled')),
   }

@@ -257,3 +257,35 @@ def test_readme_block_replaces_only_its_block(tmp_path):
   else:
     raise AssertionError('a README without the block was accepted')
   assert readme.read_text() == 'no markers\n'
+
+
+def test_import_agkd_tf_turns_onednn_on_unless_told_otherwise():
+  code = 'import os, agkd_tf; print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"))'
+  env = {k: v for k, v in os.environ.items() if k != 'TF_ENABLE_ONEDNN_OPTS'}
+  for setting, expected in ((None, '1'), ('0', '0')):
+    if setting is not None:
+      env['TF_ENABLE_ONEDNN_OPTS'] = setting
+    out = subprocess.run([sys.executable, '-c', code], env=env, cwd=REPO, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert out.strip() == expected, setting
+  # After TensorFlow has loaded, the variable would do nothing: agkd_tf leaves it alone.
+  code = 'import os, tensorflow, agkd_tf; print(os.environ.get("TF_ENABLE_ONEDNN_OPTS"))'
+  env.pop('TF_ENABLE_ONEDNN_OPTS')
+  out = subprocess.run([sys.executable, '-c', code], env=env, cwd=REPO, capture_output=True,
+                       text=True, timeout=120, check=True).stdout
+  assert out.strip().splitlines()[-1] == 'None'
+
+
+def test_onednn_bench_times_both_settings_in_their_own_processes(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'bench', 'onednn.py'), '--models=cnn-cpu',
+       '--rounds=1', '--steps=cnn-cpu:1', '--workloads=pgd10'], cwd=REPO, capture_output=True,
+      text=True, timeout=600, env=dict(os.environ, AGKD_BENCH_RESULTS=str(tmp_path)))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads((tmp_path / 'onednn.json').read_text())
+  row, = result['rows']
+  assert row['pgd10_on'] > 0 and row['pgd10_off'] > 0
+  # One round: the median ratio is that round's (the img/s are rounded to 2 decimals).
+  assert abs(row['pgd10_ratio'] - row['pgd10_on'] / row['pgd10_off']) < 0.01
+  assert float(row['max_logit_diff']) < 1e-3  # The same maths, rounding apart.
+  assert 'PGD-10 on / off' in (tmp_path / 'onednn.md').read_text()
