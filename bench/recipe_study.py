@@ -289,6 +289,9 @@ def table():
            f'Runs in {FLAGS.runs_dir}. "train s/epoch" is each run\'s own, possibly on a shared '
            'machine; the same-process ratio is bench/equal_time.py --study=recipe' +
            (f' ({timing["date"]})' if timing else ' (not run yet)') + '.')
+  notes += (' The rows train on TensorFlow\'s oneDNN kernels (TF_ENABLE_ONEDNN_OPTS=1, which '
+            '`import agkd_tf` sets), teacher_ls05 from its epoch 6 on: that changes the seconds '
+            'per epoch, not the maths.')
   if missing:
     notes += ' Not yet trained and evaluated: ' + ', '.join(missing) + '.'
   common.RESULTS = FLAGS.results_dir
