@@ -64,9 +64,13 @@ def test_train_then_export_then_bad_export(tmp_path):
   proc = conftest.run_binary('train', f'--model_dir={run}', '--model=cnn-cpu',
                              '--dataset=synthetic:8', '--train_examples=64', '--test_examples=20',
                              '--epochs=1', '--batch_size=32', '--eval_attack_steps=1',
-                             '--eval_examples=10', '--verbose=0', '--export=false')
+                             '--eval_examples=10', '--verbose=2', '--export=false',
+                             '--checkpoint_every_steps=1')
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert (run / 'result.json').is_file() and not (run / 'export').exists()
+  # The log is ours: the epoch line, not TensorFlow's line per checkpoint save.
+  assert 'epoch 1/1' in proc.stderr + proc.stdout
+  assert 'Sharding callback' not in proc.stderr + proc.stdout
   proc = conftest.run_binary('export', f'--model_dir={run}', f'--export_dir={tmp_path / "sm"}')
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert (tmp_path / 'sm' / 'saved_model.pb').is_file()
@@ -148,3 +152,36 @@ def test_importing_the_package_leaves_stderr_and_tensorflow_alone():
                         text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.split() == ['False', 'False', 'True']
+
+
+def test_tensorflow_info_lines_are_filtered_and_ours_kept(tmp_path):
+  # pylint: disable=g-import-not-at-top
+  import logging
+  import tensorflow as tf
+  from absl import logging as absl_logging
+  from agkd_tf.core import errors
+  # pylint: enable=g-import-not-at-top
+  quiet = errors.QuietTensorFlowInfo()
+  tf_file = os.path.join(os.path.dirname(tf.__file__), 'python', 'checkpoint',
+                         'functional_saver.py')
+  ours = os.path.join(conftest.REPO, 'agkd_tf', 'train_loop.py')
+  record = lambda path, level: logging.LogRecord('absl', level, path, 1, 'm', None, None)
+  assert not quiet.filter(record(tf_file, logging.INFO))
+  assert quiet.filter(record(tf_file, logging.WARNING))
+  assert quiet.filter(record(ours, logging.INFO))
+  # A real save logs through absl from TensorFlow's saver; the filter drops it.
+  seen = []
+  handler = logging.Handler()
+  handler.emit = seen.append
+  handler.addFilter(quiet)
+  absl_logger = logging.getLogger('absl')
+  absl_logger.addHandler(handler)
+  old_level = absl_logger.level
+  absl_logger.setLevel(logging.INFO)
+  try:
+    tf.train.Checkpoint(v=tf.Variable(1.0)).save(str(tmp_path / 'ckpt'))
+    absl_logging.info('ours')
+  finally:
+    absl_logger.removeHandler(handler)
+    absl_logger.setLevel(old_level)
+  assert [r.getMessage() for r in seen] == ['ours']

@@ -10,6 +10,7 @@ stopped by a signal after saving its state (`Stopped`) prints `stopped: <message
 
 import contextlib
 import logging
+import os
 import sys
 
 from absl import app
@@ -59,12 +60,28 @@ def _parse_flags(argv):
     fail(e)
 
 
+class QuietTensorFlowInfo(logging.Filter):
+  """Drops the INFO lines TensorFlow's own modules log through absl.
+
+  Some (the checkpoint saver's "Sharding callback duration", once per save) use absl logging
+  directly, not the 'tensorflow' logger, so only their file tells them from ours.
+  """
+
+  def filter(self, record):
+    if record.levelno >= logging.WARNING:
+      return True
+    tf = sys.modules.get('tensorflow')
+    root = os.path.dirname(getattr(tf, '__file__', None) or '')
+    return not (root and record.pathname.startswith(root + os.sep))
+
+
 def run_main(main):
   """Runs an absl `main(argv)` with one-line errors for bad input."""
 
   def wrapped(argv):
     # TensorFlow's own INFO lines (saver sharding, asset writing) drown the training log.
     logging.getLogger('tensorflow').setLevel(logging.ERROR)
+    logging.getLogger('absl').addFilter(QuietTensorFlowInfo())
     try:
       return main(argv)
     except UserError as e:
