@@ -3,8 +3,8 @@ r"""Writes the README's Speed and GPU tables from the results files, without rer
   python bench/readme_blocks.py            # rewrite the blocks from bench/results/*.json
   python bench/readme_blocks.py --check    # exit 1 if a block differs from its results file
 
-Each benchmark writes its JSON (`agkd_throughput.py`, `speed.py`, `onednn.py`,
-`gpu_reference_torch.py`); this
+Each benchmark writes its JSON (`agkd_throughput.py`, `train_throughput.py`, `speed.py`,
+`onednn.py`, `gpu_reference_torch.py`); this
 script turns those files into the README blocks between `<!-- NAME:begin -->` and
 `<!-- NAME:end -->`, so every figure in them is one a script measured, with the command that
 measured it. tests/test_bench_figures.py runs `--check`.
@@ -51,6 +51,20 @@ def agkd_throughput_lines(result):
               f'{_machine(result)}, {result["date"]}')
     how = f'`{result["command"]}`' if i == 0 else 'the same command'
     lines.append(f'| {what} | {figure} | {how} |')
+  return lines
+
+
+def train_throughput_lines(result):
+  """Our training loop against `model.fit` of the same network (bench/train_throughput.py)."""
+  lines = ['| what | figure | command |', '|---|---|---|']
+  rounds = re.search(r'--rounds=(\d+)', result['command'])
+  for i, r in enumerate(result['rows']):
+    what = (f'natural-training throughput, our loop / `model.fit` of the same network, '
+            f'{r["model"]} (batch {r["batch"]})' if i == 0 else f'the same, {r["model"]}')
+    figure = (f'{r["ratio_median"]:.2f}x median ({r["ratio_min"]:.2f}-{r["ratio_max"]:.2f} over '
+              f'{rounds.group(1) if rounds else "?"} rounds; {r["ours_img_per_s"]:.0f} vs '
+              f'{r["fit_img_per_s"]:.0f} img/s); {_machine(result)}, {result["date"]}')
+    lines.append(f'| {what} | {figure} | `{result["command"]}` |')
   return lines
 
 
@@ -133,6 +147,7 @@ def onednn_lines(result):
 def blocks():
   return {
       'agkd_throughput': agkd_throughput_lines(_load('agkd_throughput')),
+      'train_throughput': train_throughput_lines(_load('train_throughput')),
       'speed': speed_lines(_load('speed')),
       'onednn': onednn_lines(_load('onednn')),
       'gpu_torch_reference': gpu_reference_lines(_load('gpu_torch_reference'),
