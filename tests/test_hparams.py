@@ -130,8 +130,8 @@ def test_the_evaluator_checks_its_config_with_the_flag_ranges():
   assert set(choices['aa_version']) == set(autoattack.VERSIONS)
   config = evaluation.EvalConfig(model_dir='x')
   for field, value, message in (
-      ('attack_backend', 'torch', 'unknown attack_backend "torch"; valid: native, cleverhans'),
-      ('aa_version', 'fast', 'unknown aa_version "fast"; valid: standard, plus, rand'),
+      ('attack_backend', 'torch', 'unknown attack backend "torch"; valid: native, cleverhans'),
+      ('aa_version', 'fast', 'unknown AutoAttack version "fast"; valid: standard, plus, rand'),
       ('eps', 0.0, 'eps=0.0 must lie in (0, 0.5] in pixel units (8/255 = 0.0314, not 8)'),
       ('eps', 8.0, 'eps=8.0 must lie in (0, 0.5]')):
     with pytest.raises(UserError, match=re.escape(message)):

@@ -14,7 +14,7 @@ REQUIRED = dataclasses.MISSING  # option(REQUIRED, ...): a field, and a flag, wi
 
 
 def option(default, help_text, *, choices=None, lower=None, upper=None, lower_open=False,
-           upper_open=False, fraction=False, validator=None):
+           upper_open=False, fraction=False, validator=None, label=None):
   """A dataclass field with what its flag needs.
 
   Args:
@@ -27,10 +27,11 @@ def option(default, help_text, *, choices=None, lower=None, upper=None, lower_op
     upper_open: whether `upper` itself is out of range.
     fraction: a float in pixel units that also accepts '8/255'.
     validator: (predicate, message) for a check the fields above cannot state.
+    label: what `check` calls the field in its messages (default: the field's name).
   """
   metadata = dict(help=help_text, choices=choices, lower=lower, upper=upper,
                   lower_open=lower_open, upper_open=upper_open, fraction=fraction,
-                  validator=validator)
+                  validator=validator, label=label)
   if default is REQUIRED:
     return dataclasses.field(metadata=metadata)
   return dataclasses.field(default=default, metadata=metadata)
@@ -99,7 +100,8 @@ def check(config, cls=None):
     if in_range(field, value):
       continue
     if field.metadata['choices']:
-      problems.append(f'unknown {field.name} "{value}"; valid: '
+      name = field.metadata.get('label') or field.name
+      problems.append(f'unknown {name} "{value}"; valid: '
                       f'{", ".join(field.metadata["choices"])}')
     else:
       problems.append(f'{field.name}={value} {range_text(field)}')

@@ -54,11 +54,13 @@ class EvalConfig:
   aa_examples: int = option(0, 'AutoAttack on the first N of them (0: all).', lower=0)
   aa_version: str = option('standard', 'AutoAttack version: standard (APGD-CE, APGD-T, FAB-T, '
                            'Square), plus (with restarts and untargeted DLR/FAB) or rand (EOT, '
-                           'for randomised defences).', choices=('standard', 'plus', 'rand'))
+                           'for randomised defences).', choices=('standard', 'plus', 'rand'),
+                           label='AutoAttack version')
   batch_size: int = option(256, 'Attack batch size.', lower=1)
   seed: int = option(0, 'Seed of random starts and AutoAttack.')
   attack_backend: str = option('native', 'Our compiled attacks or cleverhans 4 (AutoAttack is '
-                               'always ours).', choices=('native', 'cleverhans'))
+                               'always ours).', choices=('native', 'cleverhans'),
+                               label='attack backend')
   output_dir: Optional[str] = option(None, 'Where eval.json / eval.md go (default: '
                                      'model_dir/eval).')
   masking_checks: bool = option(True, 'Gradient-masking diagnostics (PGD-20 restarts, eps sweep '
