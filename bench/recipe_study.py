@@ -266,7 +266,7 @@ def _timing():
 
 
 def table():
-  rows, missing = [], []
+  rows, missing, by_row = [], [], {}
   timing, ratios = _timing()
   for key in FLAGS.rows:
     figures = table_row(BY_KEY[key])
@@ -275,6 +275,7 @@ def table():
       continue
     figures['time_ratio'] = common.pct(ratios.get(key))
     rows.append(figures)
+    by_row[key] = figures
   columns = [('row', 'row'), ('method', 'method'), ('K', 'attack_steps'), ('clean', 'clean'),
              ('FGSM', 'fgsm'), ('PGD-20', 'pgd20'), ('CW-20', 'cw20'), ('AA', 'aa'),
              ('AA images', 'aa_n'), ('train s/epoch', 'sec_per_epoch'),
@@ -295,7 +296,146 @@ def table():
   if missing:
     notes += ' Not yet trained and evaluated: ' + ', '.join(missing) + '.'
   common.RESULTS = FLAGS.results_dir
-  common.write(FLAGS.name, rows, columns, notes=notes, extra={'missing': missing})
+  extra = {'missing': missing, 'diagnosis': diagnosis(by_row, _cpu_rows()),
+           'goal': goal(by_row, ratios)}
+  common.write(FLAGS.name, rows, columns, notes=notes, extra=extra)
+  # The diagnosis goes under the table in the same Markdown file.
+  with open(os.path.join(FLAGS.results_dir, f'{FLAGS.name}.md'), 'a') as f:
+    f.write('\n## Diagnosis: AA points each ingredient accounts for\n\n' +
+            '\n'.join(diagnosis_lines(extra)) + '\n')
+
+
+# The diagnosis: each ingredient's share is the difference between two rows that differ in it
+# only. (label, row, baseline row). 'cpu:<row>' is a row of bench/results/robustness_cpu.json.
+CONTRASTS = (
+    ('attack steps, K = 10 against K = 2', 'agkd_bml_k10', 'agkd_bml_k2'),
+    ('attack steps, K = 10 against K = 5', 'agkd_bml_k10', 'agkd_bml_k5'),
+    ("the teacher's label smoothing, 0.5 against 0 (K = 10)", 'agkd_bml_k10',
+     'agkd_bml_k10_teacher_ls0'),
+    ('the initialisation, from the teacher against from scratch (AT-10)', 'at10_init_teacher',
+     'at10'),
+    ('the schedule, 12 step-decay epochs against the CPU table\'s 8 cosine ones (K = 2; the '
+     'teachers also differ, 0.5 against 0 smoothing)', 'agkd_bml_k2', 'cpu:agkd_bml'),
+    ('AGKD-BML K = 10 against AT-10, equal epochs', 'agkd_bml_k10', 'at10'),
+    ('AGKD-BML K = 10 against TRADES-10, equal epochs', 'agkd_bml_k10', 'trades10'),
+    ('ours: the TRADES term in place of LSCE + MART', 'agkd_bml_k10_trades', 'agkd_bml_k10'),
+    ('ours: an untargeted forward attack', 'agkd_bml_k10_untargeted', 'agkd_bml_k10'),
+)
+# The aim of issue 17: an AGKD-BML of ours at least this many AA points above TRADES-10 at equal
+# training time, losing at most this many points of clean accuracy against it.
+GOAL_AA_POINTS, GOAL_CLEAN_LOSS, GOAL_REFERENCE = 2.0, 5.0, 'trades10'
+# Two rows' times per image count as equal within this factor (the timing's own spread).
+EQUAL_TIME_TOLERANCE = 1.1
+
+
+def _standard_error(a, b):
+  """The standard error (points) of the AA difference of two rows, each a binomial proportion.
+
+  The rows are judged on the same images, so the paired error is smaller where their verdicts
+  agree; without per-image verdicts this unpaired figure is the conservative one.
+  """
+  def var(row):
+    p = row['aa'] / 100
+    return p * (1 - p) / row['aa_n']
+  return round(100 * (var(a) + var(b)) ** 0.5, 2)
+
+
+def _difference(a, b, key):
+  return None if a.get(key) is None or b.get(key) is None else round(a[key] - b[key], 2)
+
+
+def diagnosis(by_row, cpu_rows):
+  """Each contrast's AA, CW-20, PGD-20 and clean difference (points), or what it still needs.
+
+  Args:
+    by_row: {row key: table_row(...)} of the rows trained and evaluated so far.
+    cpu_rows: {row key: row} of bench/results/robustness_cpu.json.
+
+  Returns:
+    One dict per CONTRASTS entry; 'aa' is None and 'needs' lists the missing rows where a row is
+    not tabled yet.
+  """
+  out = []
+  for label, key, base in CONTRASTS:
+    rows = []
+    for k in (key, base):
+      rows.append(cpu_rows.get(k[4:]) if k.startswith('cpu:') else by_row.get(k))
+    item = {'ingredient': label, 'row': key, 'baseline': base,
+            'needs': [k for k, r in zip((key, base), rows) if r is None or r.get('aa') is None]}
+    if not item['needs']:
+      a, b = rows
+      for col in ('aa', 'cw20', 'pgd20', 'clean'):
+        item[col] = _difference(a, b, col)
+      item['aa_se'] = _standard_error(a, b)
+      item['beyond_noise'] = abs(item['aa']) >= 2 * item['aa_se']
+    else:
+      item.update(aa=None, cw20=None, pgd20=None, clean=None, aa_se=None, beyond_noise=None)
+    out.append(item)
+  return out
+
+
+def goal(by_row, ratios):
+  """Whether each AGKD-BML row meets the aim against TRADES-10 (None where a figure is missing).
+
+  Args:
+    by_row: {row key: table_row(...)}.
+    ratios: {row key: time per image / AGKD-BML K=10} from bench/equal_time.py --study=recipe.
+  """
+  ref = by_row.get(GOAL_REFERENCE)
+  out = []
+  for row in ROWS:
+    if row.key not in by_row or not row.key.startswith('agkd_bml'):
+      continue
+    r = by_row[row.key]
+    item = {'row': row.key, 'aa_above_trades': None, 'clean_loss': None,
+            'time_vs_trades': None, 'met': None}
+    if ref is not None and ref.get('aa') is not None and r.get('aa') is not None:
+      item['aa_above_trades'] = round(r['aa'] - ref['aa'], 2)
+      item['clean_loss'] = round(ref['clean'] - r['clean'], 2)
+      if ratios.get(row.key) and ratios.get(GOAL_REFERENCE):
+        item['time_vs_trades'] = round(ratios[row.key] / ratios[GOAL_REFERENCE], 2)
+        # Equal time: no more than the tolerance over TRADES-10's cost per image (cheaper
+        # counts, since it could spend the difference on more epochs).
+        item['met'] = (item['aa_above_trades'] >= GOAL_AA_POINTS and
+                       item['clean_loss'] <= GOAL_CLEAN_LOSS and
+                       item['time_vs_trades'] <= EQUAL_TIME_TOLERANCE)
+    out.append(item)
+  return out
+
+
+def _cpu_rows():
+  try:
+    with open(os.path.join(FLAGS.results_dir, 'robustness_cpu.json')) as f:
+      return {r['row']: r for r in json.load(f)['rows']}
+  except (OSError, ValueError, KeyError):
+    return {}
+
+
+def diagnosis_lines(result):
+  """Markdown of the diagnosis and the goal check in a table()'s JSON."""
+  cell = common.cell
+  lines = ['| ingredient (row - baseline) | AA | s.e. | CW-20 | PGD-20 | clean |',
+           '|---|---|---|---|---|---|']
+  for d in result.get('diagnosis', []):
+    what = f'{d["ingredient"]} (`{d["row"]}` - `{d["baseline"]}`)'
+    if d['needs']:
+      lines.append(f'| {what} | needs {", ".join(d["needs"])} | | | | |')
+      continue
+    aa = f'{d["aa"]:+.2f}' + ('' if d['beyond_noise'] else ' (within 2 s.e.)')
+    lines.append(f'| {what} | {aa} | {cell(d["aa_se"])} | ' + ' | '.join(
+        '-' if d[k] is None else f'{d[k]:+.2f}' for k in ('cw20', 'pgd20', 'clean')) + ' |')
+  lines += ['', f'Aim: AA at least {GOAL_AA_POINTS:g} points above TRADES-10 at equal training '
+            f'time (time per image at most {EQUAL_TIME_TOLERANCE:g}x TRADES-10\'s), losing at '
+            f'most {GOAL_CLEAN_LOSS:g} points of clean accuracy against it.', '',
+            '| row | AA - TRADES-10 | clean loss vs TRADES-10 | time per image / TRADES-10 | '
+            'aim met |', '|---|---|---|---|---|']
+  if not result.get('goal'):
+    lines.append('| no AGKD-BML row evaluated yet | | | | |')
+  for g in result.get('goal', []):
+    met = {None: 'not measured yet', True: 'yes', False: 'no'}[g['met']]
+    lines.append(f'| `{g["row"]}` | ' + ' | '.join(
+        cell(g[k]) for k in ('aa_above_trades', 'clean_loss', 'time_vs_trades')) + f' | {met} |')
+  return lines
 
 
 README_BEGIN = '<!-- recipe_study:begin (written by bench/recipe_study.py --stages=readme) -->'
@@ -317,6 +457,9 @@ def readme():
   if result.get('missing'):
     lines += ['', 'Not yet trained and evaluated: ' + ', '.join(
         f'`{k}`' for k in result['missing']) + '.']
+  lines += ['', 'What each ingredient accounts for (differences in points between two rows that '
+            'differ in it only, on the same 500 images; s.e.: the standard error of the AA '
+            'difference):', ''] + diagnosis_lines(result)
   lines += ['', f'Written from bench/results/{FLAGS.name}.json ({result["date"]}), tabled by '
             f'`{result["command"]}` after `python bench/recipe_study.py --stages=train,eval` '
             'trained and evaluated the rows.']

@@ -211,3 +211,40 @@ def test_park_and_unpark_carry_a_run_to_the_next_machine(tmp_path):
 
   proc = _driver(tmp_path, '--stages=parc', f'--park_dir={park}')
   assert proc.returncode != 0 and "unknown stages ['parc']" in proc.stderr
+
+
+def _row(aa, clean, n=500):
+  return {'aa': aa, 'aa_n': n, 'clean': clean, 'cw20': aa + 1, 'pgd20': aa + 2}
+
+
+def test_diagnosis_takes_each_ingredient_from_the_two_rows_that_differ_in_it():
+  by_row = {'agkd_bml_k10': _row(30.0, 60.0), 'agkd_bml_k2': _row(20.0, 66.0),
+            'trades10': _row(29.0, 58.0), 'agkd_bml_k10_trades': _row(33.0, 56.0),
+            'agkd_bml_k10_untargeted': _row(31.5, 52.0)}
+  cpu = {'agkd_bml': _row(10.8, 65.4)}
+  items = {(d['row'], d['baseline']): d for d in recipe_study.diagnosis(by_row, cpu)}
+  k = items[('agkd_bml_k10', 'agkd_bml_k2')]
+  assert (k['aa'], k['clean'], k['cw20'], k['needs']) == (10.0, -6.0, 10.0, [])
+  # sqrt(.3 * .7 / 500 + .2 * .8 / 500) = 2.72 points; 10 points is beyond twice that.
+  assert k['aa_se'] == 2.72 and k['beyond_noise']
+  assert items[('agkd_bml_k10', 'trades10')]['beyond_noise'] is False  # 1 point: noise.
+  assert items[('agkd_bml_k2', 'cpu:agkd_bml')]['aa'] == 9.2  # The CPU table's row.
+  missing = items[('agkd_bml_k10', 'agkd_bml_k10_teacher_ls0')]
+  assert missing['needs'] == ['agkd_bml_k10_teacher_ls0'] and missing['aa'] is None
+
+  # The aim: >= 2 AA points over TRADES-10, <= 5 clean points lost, at equal time.
+  ratios = {'agkd_bml_k10': 1.0, 'trades10': 0.9, 'agkd_bml_k10_trades': 0.95,
+            'agkd_bml_k10_untargeted': 0.99}
+  goal = {g['row']: g for g in recipe_study.goal(by_row, ratios)}
+  assert goal['agkd_bml_k10_trades'] == {
+      'row': 'agkd_bml_k10_trades', 'aa_above_trades': 4.0, 'clean_loss': 2.0,
+      'time_vs_trades': 1.06, 'met': True}
+  assert goal['agkd_bml_k10_untargeted']['met'] is False  # 6 clean points lost.
+  assert goal['agkd_bml_k10']['met'] is False  # 1 AA point only.
+  assert 'trades10' not in goal
+  # Without the same-process timing, equal time is unknown: not judged.
+  assert recipe_study.goal(by_row, {})[0]['met'] is None
+  lines = '\n'.join(recipe_study.diagnosis_lines(
+      {'diagnosis': list(items.values()), 'goal': list(goal.values())}))
+  assert '| +10.00 | 2.72 | +10.00 | +10.00 | -6.00 |' in lines
+  assert 'needs agkd_bml_k10_teacher_ls0' in lines and '| yes |' in lines
