@@ -143,6 +143,39 @@ def resolve_jit(value):
   return value == 'true'
 
 
+# CPU flags (/proc/cpuinfo) of native bfloat16 arithmetic, which oneDNN's bfloat16 kernels use.
+_BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
+
+
+def cpu_bfloat16_flags(cpuinfo='/proc/cpuinfo'):
+  """The native-bfloat16 flags this CPU reports (empty where none, or unreadable)."""
+  try:
+    with open(cpuinfo) as f:
+      line = next((l for l in f if l.startswith('flags')), '')
+  except OSError:
+    return []
+  have = set(line.partition(':')[2].split())
+  return [f for f in _BF16_CPU_FLAGS if f in have]
+
+
+def resolve_attack_dtype(value, cpuinfo='/proc/cpuinfo'):
+  """`--attack_dtype`: `auto` is bfloat16 on a CPU with native bfloat16, else the network's own.
+
+  bench/attack_throughput.py measured both sides of that choice (README, Speed): on an AMD EPYC
+  with AVX-512-BF16, bfloat16 attacks and whole AGKD-BML steps ran faster than float32 with the
+  attack's strength unchanged; on one without it, bfloat16 was several times slower. On a GPU the
+  network's own policy (`--mixed_precision`) already decides.
+
+  Returns:
+    'float32', 'bfloat16', or None for the network's own dtype.
+  """
+  if value != 'auto':
+    return value
+  if has_gpu() or not cpu_bfloat16_flags(cpuinfo):
+    return None
+  return 'bfloat16'
+
+
 def resolve_precision(value):
   """`auto`: bfloat16 mixed precision on GPU, float32 on CPU; returns a Keras policy name."""
   if value == 'auto':

@@ -181,9 +181,21 @@ def check_method_hparams(config):
 
 
 def method_config(config):
-  """The hyper-parameters of `config.method`: its own dataclass, label smoothing resolved."""
+  """The hyper-parameters of `config.method`: its own dataclass, label smoothing and
+  `--attack_dtype=auto` resolved."""
   cls = methods.get(config.method)
-  return cls.resolve(hparams.of(cls.hparams_class, config))
+  return cls.resolve(hparams.of(cls.hparams_class, resolve_attack_dtype(config)))
+
+
+def resolve_attack_dtype(config):
+  """`config` with `--attack_dtype=auto` made concrete for this machine (logged when it changes
+  what the attacks compute in)."""
+  dtype = strategy_utils.resolve_attack_dtype(config.attack_dtype)
+  if config.attack_dtype != 'auto' or dtype is None:
+    return config
+  logging.info('--attack_dtype=auto: training-time attacks in %s (this CPU has %s)', dtype,
+               ', '.join(strategy_utils.cpu_bfloat16_flags()))
+  return dataclasses.replace(config, attack_dtype=dtype)
 
 
 def load_teacher(teacher_dir, config, splits):

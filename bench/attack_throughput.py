@@ -10,6 +10,9 @@ On the same network in the same process, alternating in rounds, at batch 256:
   the perturbation stays float32) / native float32, the candidate for training-time attacks.
 With --model_dir (a trained cnn-cpu run), it also reports how much the attack's strength changes
 in bfloat16: PGD-20 accuracy with float32 and with bfloat16 passes on the same test images.
+With --bf16_training, it times a whole AGKD-BML K = 10 training step (batch 128) with
+`--attack_dtype=bfloat16` against float32 for those models, alternating in the same way: the
+attacks, Grad-CAM and the teacher's pass are most of that step, the weight update stays float32.
 
   python bench/attack_throughput.py [--models=cnn-cpu,wrn-16-4] [--model_dir=RUN] [--readme]
 """
@@ -47,6 +50,12 @@ flags.DEFINE_integer('strength_examples', 1000, 'Test images for the strength co
 flags.DEFINE_integer('bf16_batch_size', 32, 'Batch of the bfloat16-vs-float32 timing.')
 flags.DEFINE_list('bf16_models', ['cnn-cpu'], 'Models whose bfloat16 attack is timed too (on a '
                   'CPU without native bfloat16 it is several times slower than float32).')
+flags.DEFINE_list('bf16_training', [], 'Models whose AGKD-BML K=10 training step is timed with '
+                  '--attack_dtype=bfloat16 against float32.')
+flags.DEFINE_list('train_steps', ['cnn-cpu:4', 'wrn-16-4:1'], 'Timed training steps per side '
+                  'and round, per model (MODEL:N; 2 for models not listed).')
+flags.DEFINE_string('dataset', 'folder:../shared/data/cifar10-jpeg', 'Training images of the '
+                    'AGKD-BML step (its class bank; synthetic:32 when the folder is absent).')
 flags.DEFINE_bool('readme', False, 'Also rewrite the README block of these results.')
 FLAGS = flags.FLAGS
 EPS, STEP, STEPS = 8 / 255, 2 / 255, 20
@@ -123,7 +132,7 @@ def _strength(model_dir):
   splits = data.load(spec['dataset'], train_examples=1, test_examples=FLAGS.strength_examples)
   fns = _fns(network, _bf16_copy(network, spec['model'], spec['input_shape'],
                                  spec['num_classes']))
-  out = {}
+  out = {'model': spec['model']}
   for name in ('native', 'native_bf16'):
     correct = 0
     for i in range(0, len(splits.y_test), FLAGS.batch_size):
@@ -134,6 +143,40 @@ def _strength(model_dir):
       correct += int(tf.reduce_sum(tf.cast(pred == y, tf.int32)))
     out[name] = 100.0 * correct / len(splits.y_test)
   return out, len(splits.y_test)
+
+
+def _training_ratios(name, rounds):
+  """AGKD-BML K=10 training-step img/s with bfloat16 attacks and with float32 ones."""
+  # pylint: disable=g-import-not-at-top
+  from agkd_tf.core import errors
+  from agkd_tf.data import pipeline
+  # pylint: enable=g-import-not-at-top
+  steps = int(dict(s.split(':') for s in FLAGS.train_steps).get(name, 2))
+  batch = 128
+  n = batch * (steps + 1) * rounds
+  try:
+    splits = data.load(FLAGS.dataset, train_examples=n, test_examples=100)
+  except errors.UserError:
+    splits = data.load('synthetic:32', train_examples=n, test_examples=100)
+  runners = {}
+  for dtype in ('float32', 'bfloat16'):
+    _, step = common.build_training('agkd_bml', name, splits, 10,
+                                    overrides={'attack_dtype': dtype})
+    warm = iter(pipeline.train_dataset(splits.x_train, splits.y_train, batch, 99, 0))
+    float(step(warm)['loss'])  # Tracing and the first execution, untimed.
+    runners[dtype] = step
+  ips = {'float32': [], 'bfloat16': []}
+  for r in range(rounds):
+    for dtype in (('float32', 'bfloat16') if r % 2 == 0 else ('bfloat16', 'float32')):
+      # Both sides see the same batches of epoch r.
+      it = iter(pipeline.train_dataset(splits.x_train, splits.y_train, batch, r, 0))
+      start = time.perf_counter()
+      for _ in range(steps):
+        float(runners[dtype](it)['loss'])
+      ips[dtype].append(steps * batch / (time.perf_counter() - start))
+    print(f'{name} AGKD-BML K=10 step round {r}: float32 {ips["float32"][-1]:.1f} img/s, '
+          f'bfloat16 attacks {ips["bfloat16"][-1]:.1f} img/s', flush=True)
+  return [b / f for b, f in zip(ips['bfloat16'], ips['float32'])], steps
 
 
 def main(argv):
@@ -167,6 +210,9 @@ def main(argv):
               f'{bf["native"][-1]:.1f} img/s, bfloat16 {bf["native_bf16"][-1]:.1f} img/s',
               flush=True)
     ratio_bf = [a / b for a, b in zip(bf['native_bf16'], bf['native'])]
+    ratio_train, train_steps = ([], 0)
+    if name in FLAGS.bf16_training:
+      ratio_train, train_steps = _training_ratios(name, _rounds(name))
     rows.append({'model': name, 'batch': FLAGS.batch_size, 'timed_batches': _batches(name),
                  'native_img_s': statistics.median(speeds['native']),
                  'cleverhans_img_s': statistics.median(speeds['cleverhans']),
@@ -175,14 +221,21 @@ def main(argv):
                  'while_img_s': statistics.median(speeds['native_while']),
                  'unrolled_vs_while': statistics.median(ratio_while),
                  'bf16_vs_fp32': statistics.median(ratio_bf) if ratio_bf else None,
-                 'bf16_batch': FLAGS.bf16_batch_size})
+                 'bf16_batch': FLAGS.bf16_batch_size,
+                 'bf16_train_step_vs_fp32': (statistics.median(ratio_train) if ratio_train
+                                             else None),
+                 'bf16_train_min': min(ratio_train) if ratio_train else None,
+                 'bf16_train_max': max(ratio_train) if ratio_train else None,
+                 'train_timed_steps': train_steps})
   notes = (f'PGD-20 (eps 8/255, step 2/255, random start), batch {FLAGS.batch_size}, '
            f'alternating rounds ({", ".join(f"{m}: {_rounds(m)}" for m in FLAGS.models)}), '
            'medians. '
            f'Goal: native/cleverhans >= 1.05. "while_loop img/s": the same native attack with '
            f'its step count as a tensor, so one tf.while_loop instead of the unrolled loop. '
            f'bf16 / fp32: native PGD-20 with bfloat16 passes '
-           f'against float32 passes, batch {FLAGS.bf16_batch_size}.')
+           f'against float32 passes, batch {FLAGS.bf16_batch_size}. AGKD-BML K=10 step: a '
+           'whole training step (batch 128) with --attack_dtype=bfloat16 against float32, '
+           'same process, alternating.')
   strength = None
   if FLAGS.model_dir:
     strength, n = _strength(FLAGS.model_dir)
@@ -195,7 +248,8 @@ def main(argv):
                 ('native img/s', 'native_img_s'), ('cleverhans img/s', 'cleverhans_img_s'),
                 ('native / cleverhans (median)', 'native_vs_cleverhans'), ('min', 'ratio_min'),
                 ('max', 'ratio_max'), ('while_loop img/s', 'while_img_s'),
-                ('unrolled / while_loop', 'unrolled_vs_while'), ('bf16 / fp32', 'bf16_vs_fp32')],
+                ('unrolled / while_loop', 'unrolled_vs_while'), ('bf16 / fp32', 'bf16_vs_fp32'),
+                ('AGKD-BML K=10 step, bf16 attacks / fp32', 'bf16_train_step_vs_fp32')],
                notes=notes, extra={'rounds': {m: _rounds(m) for m in FLAGS.models},
                                    'strength': strength})
   if FLAGS.readme:
@@ -219,11 +273,18 @@ def write_readme():
         f'{r["unrolled_vs_while"]:.2f}x; {cpu} | `{result["command"]}` |')
     if r['bf16_vs_fp32'] is not None:
       strength = result.get('strength')
-      same = ('' if not strength else f'; PGD-20 accuracy {strength["native"]:.2f}% in float32, '
+      same = ('' if not strength or strength.get('model', r['model']) != r['model'] else
+              f'; PGD-20 accuracy {strength["native"]:.2f}% in float32, '
               f'{strength["native_bf16"]:.2f}% in bfloat16 on {strength["n"]} test images')
       lines.append(
           f'| PGD-20 with bfloat16 passes / float32, {r["model"]}, batch {r["bf16_batch"]} '
           f'| {r["bf16_vs_fp32"]:.2f}x on {cpu} ({_bf16_note(features)}){same} | the same command |')
+    if r.get('bf16_train_step_vs_fp32') is not None:
+      lines.append(
+          f'| AGKD-BML K = 10 training step, `--attack_dtype=bfloat16` / float32, {r["model"]}, '
+          f'batch 128 | {r["bf16_train_step_vs_fp32"]:.2f}x median ({r["bf16_train_min"]:.2f}-'
+          f'{r["bf16_train_max"]:.2f} over {n} rounds) on {cpu} ({_bf16_note(features)}) | the '
+          'same command |')
   common.readme_block('attack_throughput', lines)
 
 

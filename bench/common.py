@@ -120,7 +120,10 @@ def build_training(method_name, model_name, splits, attack_steps, device='/cpu:0
   from agkd_tf import train_step
   # pylint: enable=g-import-not-at-top
   strategy = tf.distribute.OneDeviceStrategy(device)
-  config = train_lib.TrainConfig(**{**(overrides or {}), 'model_dir': 'unused',
+  # float32 attacks unless asked: --attack_dtype=auto would pick bfloat16 on CPUs that have it,
+  # and the benchmarks compare recipes across machines (bench/attack_throughput.py times both).
+  config = train_lib.TrainConfig(**{'attack_dtype': 'float32', **(overrides or {}),
+                                    'model_dir': 'unused',
                                     'model': model_name, 'method': method_name,
                                     'attack_steps': attack_steps})
   mean, std = splits.channel_stats()

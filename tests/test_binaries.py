@@ -88,7 +88,8 @@ def test_the_recipe_study_rows_share_one_footing():
   root = os.path.join(conftest.REPO, 'flags', 'bench_cpu', 'recipe')
   footing = ('dataset', 'model', 'train_examples', 'epochs', 'batch_size', 'lr', 'momentum',
              'nesterov', 'weight_decay', 'weight_decay_variables', 'lr_schedule',
-             'lr_decay_epochs', 'lr_decay_factor', 'eval_examples', 'eval_attack_steps')
+             'lr_decay_epochs', 'lr_decay_factor', 'eval_examples', 'eval_attack_steps',
+             'attack_dtype')
   rows = {}
   for name in sorted(os.listdir(root)):
     if name == 'teacher_ls05.cfg':

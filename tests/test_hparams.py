@@ -66,6 +66,33 @@ def test_the_config_and_the_flags_take_the_dataclass_defaults():
   assert not hasattr(at, 'trades_beta')
 
 
+def test_attack_dtype_auto_is_bfloat16_only_on_a_cpu_with_native_bfloat16(tmp_path, monkeypatch):
+  from agkd_tf import strategy_utils  # pylint: disable=g-import-not-at-top
+  with_bf16 = tmp_path / 'bf16'
+  with_bf16.write_text('processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 vnni\n')
+  without = tmp_path / 'plain'
+  without.write_text('processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n')
+  resolve = strategy_utils.resolve_attack_dtype
+  assert strategy_utils.cpu_bfloat16_flags(str(with_bf16)) == ['avx512_bf16']
+  assert strategy_utils.cpu_bfloat16_flags(str(tmp_path / 'missing')) == []
+  assert resolve('auto', str(with_bf16)) == 'bfloat16'
+  assert resolve('auto', str(without)) is None  # The network's own (float32 on a CPU).
+  assert resolve('float32', str(with_bf16)) == 'float32'  # An explicit choice stands.
+  assert resolve('bfloat16', str(without)) == 'bfloat16'
+  monkeypatch.setattr(strategy_utils, 'has_gpu', lambda: True)
+  assert resolve('auto', str(with_bf16)) is None  # On a GPU, --mixed_precision decides.
+  monkeypatch.undo()
+  # The method sees the resolved value; flags.json keeps what the user asked for.
+  monkeypatch.setattr(strategy_utils, 'cpu_bfloat16_flags', lambda *a: ['amx_bf16'])
+  config = train_lib.TrainConfig(model_dir='x', method='at')
+  assert train_lib.method_config(config).attack_compute_dtype() == 'bfloat16'
+  assert config.attack_dtype == 'auto'
+  fixed = dataclasses.replace(config, attack_dtype='float32')
+  assert train_lib.method_config(fixed).attack_compute_dtype() == 'float32'
+  monkeypatch.setattr(strategy_utils, 'cpu_bfloat16_flags', lambda *a: [])
+  assert train_lib.method_config(config).attack_compute_dtype() is None
+
+
 @pytest.mark.parametrize('argv,message', [
     (['--eps=8'], '--eps must lie in [0, 0.5] in pixel units (8/255 = 0.0314, not 8)'),
     (['--label_smoothing=1'], '--label_smoothing must lie in [0, 1)'),

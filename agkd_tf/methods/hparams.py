@@ -42,12 +42,13 @@ class CommonHParams:
                             upper=0.5, fraction=True)
   attack_steps: int = option(10, 'Training-time attack steps (K).', lower=0)
   attack_dtype: str = option(
-      'auto', 'Compute dtype of the training-time attacks (auto: the network\'s own). bfloat16 '
-      'pays off only where the hardware has it (GPUs, AMX CPUs); evaluation attacks are always '
-      'float32.', choices=ATTACK_DTYPES)
+      'auto', 'Compute dtype of the training-time attacks (auto: bfloat16 on a CPU with native '
+      'bfloat16, AVX-512-BF16 or AMX, where it measured faster: README, Speed; else the '
+      'network\'s own). Evaluation attacks are always float32.', choices=ATTACK_DTYPES)
 
   def attack_compute_dtype(self):
-    """The attack dtype, None for the network's own."""
+    """The attack dtype, None for the network's own (`auto`, once `train_lib.method_config` has
+    left it: there it is resolved for the machine)."""
     return None if self.attack_dtype == 'auto' else self.attack_dtype
 
 
