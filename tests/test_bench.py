@@ -95,6 +95,16 @@ def test_equal_time_rows_are_tabled_apart_against_agkd_bml(tmp_path):
   text = readme.read_text()
   assert text.startswith('intro\n') and text.endswith('outro\n') and 'stale' not in text
   assert '| FS | 60.00 | 30.00 | 25.00 | - | - | 20.00 (500) | 80.00 | none |' in text
+  # The AGKD-BML row says it is not the official recipe, and quotes the recipe study's row.
+  assert 'The AGKD-BML row is not the official recipe' in text
+  assert text.split('\n\nThe AGKD-BML row')[1].split('\n')[0].endswith('(not evaluated yet).')
+  (tmp_path / 'results' / 'recipe_study.json').write_text(json.dumps({'rows': [
+      {'row': 'agkd_bml_k10', 'clean': 50.0, 'pgd20': 30.0, 'aa': 25.5, 'aa_n': 500},
+      {'row': 'at10', 'clean': 48.0, 'pgd20': 29.0, 'aa': 24.0, 'aa_n': 500}]}))
+  proc = _driver(tmp_path, '--rows=agkd_bml,fs,fs_eqt', '--stages=readme', f'--readme={readme}')
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert ('clean 50.00%, PGD-20 30.00%, AA 25.50% on 500 images, against AT-10 24.00% there.'
+          in readme.read_text())
   readme.write_text('no markers\n')
   proc = _driver(tmp_path, '--stages=readme', f'--readme={readme}')
   assert proc.returncode != 0 and 'no <!-- robustness_cpu:begin' in proc.stderr
