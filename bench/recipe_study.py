@@ -296,7 +296,7 @@ def table():
   if missing:
     notes += ' Not yet trained and evaluated: ' + ', '.join(missing) + '.'
   common.RESULTS = FLAGS.results_dir
-  extra = {'missing': missing, 'diagnosis': diagnosis(by_row, _cpu_rows()),
+  extra = {'missing': missing, 'diagnosis': diagnosis(by_row, _cpu_rows(), ratios),
            'goal': goal(by_row, ratios)}
   common.write(FLAGS.name, rows, columns, notes=notes, extra=extra)
   # The diagnosis goes under the table in the same Markdown file.
@@ -318,6 +318,9 @@ CONTRASTS = (
      'teachers also differ, 0.5 against 0 smoothing)', 'agkd_bml_k2', 'cpu:agkd_bml'),
     ('AGKD-BML K = 10 against AT-10, equal epochs', 'agkd_bml_k10', 'at10'),
     ('AGKD-BML K = 10 against TRADES-10, equal epochs', 'agkd_bml_k10', 'trades10'),
+    # Equal time: the rows whose cost per image is nearest (bench/equal_time.py --study=recipe).
+    ('AGKD-BML K = 2 against AT-10, about equal time', 'agkd_bml_k2', 'at10'),
+    ('AGKD-BML K = 5 against TRADES-10, about equal time', 'agkd_bml_k5', 'trades10'),
     ('ours: the TRADES term in place of LSCE + MART', 'agkd_bml_k10_trades', 'agkd_bml_k10'),
     ('ours: an untargeted forward attack', 'agkd_bml_k10_untargeted', 'agkd_bml_k10'),
 )
@@ -344,12 +347,13 @@ def _difference(a, b, key):
   return None if a.get(key) is None or b.get(key) is None else round(a[key] - b[key], 2)
 
 
-def diagnosis(by_row, cpu_rows):
+def diagnosis(by_row, cpu_rows, ratios=None):
   """Each contrast's AA, CW-20, PGD-20 and clean difference (points), or what it still needs.
 
   Args:
     by_row: {row key: table_row(...)} of the rows trained and evaluated so far.
     cpu_rows: {row key: row} of bench/results/robustness_cpu.json.
+    ratios: {row key: time per image / AGKD-BML K=10}, for each contrast's time ratio.
 
   Returns:
     One dict per CONTRASTS entry; 'aa' is None and 'needs' lists the missing rows where a row is
@@ -362,6 +366,10 @@ def diagnosis(by_row, cpu_rows):
       rows.append(cpu_rows.get(k[4:]) if k.startswith('cpu:') else by_row.get(k))
     item = {'ingredient': label, 'row': key, 'baseline': base,
             'needs': [k for k, r in zip((key, base), rows) if r is None or r.get('aa') is None]}
+    ratios = ratios or {}
+    # The row's training time per image over the baseline's, where both were timed together.
+    item['time'] = (round(ratios[key] / ratios[base], 2) if ratios.get(key) and ratios.get(base)
+                    else None)
     if not item['needs']:
       a, b = rows
       for col in ('aa', 'cw20', 'pgd20', 'clean'):
@@ -414,16 +422,17 @@ def _cpu_rows():
 def diagnosis_lines(result):
   """Markdown of the diagnosis and the goal check in a table()'s JSON."""
   cell = common.cell
-  lines = ['| ingredient (row - baseline) | AA | s.e. | CW-20 | PGD-20 | clean |',
-           '|---|---|---|---|---|---|']
+  lines = ['| ingredient (row - baseline) | AA | s.e. | CW-20 | PGD-20 | clean | time / baseline |',
+           '|---|---|---|---|---|---|---|']
   for d in result.get('diagnosis', []):
     what = f'{d["ingredient"]} (`{d["row"]}` - `{d["baseline"]}`)'
     if d['needs']:
-      lines.append(f'| {what} | needs {", ".join(d["needs"])} | | | | |')
+      lines.append(f'| {what} | needs {", ".join(d["needs"])} | | | | | {cell(d["time"])} |')
       continue
     aa = f'{d["aa"]:+.2f}' + ('' if d['beyond_noise'] else ' (within 2 s.e.)')
     lines.append(f'| {what} | {aa} | {cell(d["aa_se"])} | ' + ' | '.join(
-        '-' if d[k] is None else f'{d[k]:+.2f}' for k in ('cw20', 'pgd20', 'clean')) + ' |')
+        '-' if d[k] is None else f'{d[k]:+.2f}' for k in ('cw20', 'pgd20', 'clean')) +
+        f' | {cell(d["time"])} |')
   lines += ['', f'Aim: AA at least {GOAL_AA_POINTS:g} points above TRADES-10 at equal training '
             f'time (time per image at most {EQUAL_TIME_TOLERANCE:g}x TRADES-10\'s), losing at '
             f'most {GOAL_CLEAN_LOSS:g} points of clean accuracy against it.', '',

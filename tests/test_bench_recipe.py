@@ -246,5 +246,8 @@ def test_diagnosis_takes_each_ingredient_from_the_two_rows_that_differ_in_it():
   assert recipe_study.goal(by_row, {})[0]['met'] is None
   lines = '\n'.join(recipe_study.diagnosis_lines(
       {'diagnosis': list(items.values()), 'goal': list(goal.values())}))
-  assert '| +10.00 | 2.72 | +10.00 | +10.00 | -6.00 |' in lines
+  assert '| +10.00 | 2.72 | +10.00 | +10.00 | -6.00 | - |' in lines
+  timed = {(d['row'], d['baseline']): d for d in recipe_study.diagnosis(by_row, cpu, ratios)}
+  assert timed[('agkd_bml_k10', 'trades10')]['time'] == 1.11  # 1.0 / 0.9.
+  assert timed[('agkd_bml_k2', 'cpu:agkd_bml')]['time'] is None  # Not timed together.
   assert 'needs agkd_bml_k10_teacher_ls0' in lines and '| yes |' in lines
