@@ -41,6 +41,7 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bench import robustness_notes  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -436,6 +437,21 @@ def _agkd_recipe_note(result):
   return text + (f', against {" and ".join(others)} there.' if others else '.')
 
 
+def _readme_notes():
+  """Rewrites the README's blocks that read the table's files (bench/robustness_notes.py)."""
+  try:
+    under, after = robustness_notes.from_files(FLAGS.results_dir, FLAGS.name)
+  except (OSError, KeyError) as e:
+    # A partial table (a test's, or a study under way) has no reading yet.
+    print(f'README notes not rewritten: {e!r} missing')
+    return
+  for name, paragraphs in (('robustness_notes', under), ('robustness_ablations', after)):
+    lines = []
+    for p in paragraphs:
+      lines += [p, '']
+    common.readme_block(name, lines[:-1], FLAGS.readme)
+
+
 def readme():
   """Rewrites the README's results block from results_dir/<name>.json, so the two agree."""
   with open(os.path.join(FLAGS.results_dir, f'{FLAGS.name}.json')) as f:
@@ -461,6 +477,7 @@ def readme():
     if os.path.isfile(path):
       lines += ['', f'{caption}:', '', f'![{caption}]({os.path.relpath(path, here)})']
   common.readme_block('robustness_cpu', lines, FLAGS.readme)
+  _readme_notes()
   print(f'{FLAGS.readme}: results block rewritten from {FLAGS.name}.json '
         f'({len(result["rows"])} rows)')
 

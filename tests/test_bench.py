@@ -299,3 +299,27 @@ def test_onednn_bench_times_both_settings_in_their_own_processes(tmp_path):
   assert abs(row['pgd10_ratio'] - row['pgd10_on'] / row['pgd10_off']) < 0.01
   assert float(row['max_logit_diff']) < 1e-3  # The same maths, rounding apart.
   assert 'PGD-10 on / off' in (tmp_path / 'onednn.md').read_text()
+
+
+def test_the_readme_reading_of_the_cpu_table_is_the_one_its_files_give():
+  """The prose under the CPU table is written from the results files, so it matches them."""
+  sys.path.insert(0, REPO)
+  # pylint: disable=g-import-not-at-top
+  from bench import common
+  from bench import robustness_notes
+  # pylint: enable=g-import-not-at-top
+  under, after = robustness_notes.from_files(os.path.join(REPO, 'bench', 'results'))
+  readme = os.path.join(REPO, 'README.md')
+  assert common.readme_block_text('robustness_notes', readme) == '\n\n'.join(under)
+  assert common.readme_block_text('robustness_ablations', readme) == '\n\n'.join(after)
+  # The figures come from the rows: change one and the text follows.
+  rows = {'agkd_bml': {'row': 'agkd_bml', 'method': 'AGKD-BML', 'clean': 60.0, 'pgd20': 30.0,
+                       'cw20': 26.0, 'aa': 25.0, 'aa_n': 500, 'attack_steps': 10, 'epochs': 12,
+                       'masking': 'none'},
+          'at': {'row': 'at', 'method': 'AT', 'clean': 50.0, 'pgd20': 27.0, 'cw20': 24.0,
+                 'aa': 23.0, 'aa_n': 500, 'masking': 'none'},
+          'trades': {'row': 'trades', 'method': 'TRADES', 'clean': 52.0, 'pgd20': 25.0,
+                     'cw20': 22.0, 'aa': 21.0, 'aa_n': 500, 'masking': 'none'}}
+  text = robustness_notes.agkd_standing(rows)
+  assert 'is not the least robust' in text and '25.0 against AT\'s 23.0' in text
+  assert 'It is flagged' not in text and 'is 10 targeted steps' in text
