@@ -145,6 +145,10 @@ def test_driver_trains_evaluates_tables_publishes_and_resumes(tmp_path, shared_c
   for key in ('teacher_ls05', 'agkd_bml_k2', 'at10_init_teacher'):
     assert (tmp_path / 'models' / f'recipe_{key}' / 'saved_model.pb').is_file(), key
   assert not list((tmp_path / 'models').glob('*.tmp'))
+  # A published row is not exported again from the same training (same weights, new bytes).
+  proc = _driver(tmp_path, *args, '--stages=export')
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert 'agkd_bml_k2: exported already' in proc.stdout
 
 
 def _fake_run(directory, steps, result=False):
