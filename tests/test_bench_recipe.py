@@ -40,7 +40,8 @@ def test_rows_name_their_flagfiles_teachers_and_starts_consistently():
   assert len(keys) == len(set(keys))
   assert {'teacher_ls05', 'teacher_ls0', 'agkd_bml_k10', 'agkd_bml_k5', 'agkd_bml_k2',
           'agkd_bml_k10_teacher_ls0', 'at10', 'at10_init_teacher', 'trades10',
-          'agkd_bml_k10_trades', 'agkd_bml_k10_untargeted'} == set(keys)
+          'agkd_bml_k10_trades', 'agkd_bml_k10_untargeted',
+          'agkd_bml_k4_trades_untargeted'} == set(keys)
   for i, row in enumerate(recipe_study.ROWS):
     values = _flag_values(row.flagfile)
     for dep, flag in ((row.teacher, 'teacher_dir'), (row.init_from, 'init_from')):
