@@ -488,13 +488,15 @@ def export(row):
     print(f'{row.key}: not trained and evaluated yet; not exported')
     return False
   dest = os.path.join(FLAGS.models_dir, f'recipe_{row.key}')
-  published = os.path.join(dest, 'saved_model.pb')
-  if os.path.isfile(published) and os.path.getmtime(published) >= os.path.getmtime(
-      os.path.join(run_dir(row), 'result.json')):
-    # Published from this training already (unpark keeps result.json's time): exporting again
-    # would only rewrite the same weights as new bytes.
-    print(f'{row.key}: exported already ({dest})')
-    return True
+  # The run's result.json, copied beside the SavedModel: a row published from this training
+  # already is not exported again (that would only rewrite the same weights as new bytes).
+  source = os.path.join(run_dir(row), 'result.json')
+  marker = os.path.join(dest, 'published_from.json')
+  if os.path.isfile(os.path.join(dest, 'saved_model.pb')) and os.path.isfile(marker):
+    with open(source) as a, open(marker) as b:
+      if a.read() == b.read():
+        print(f'{row.key}: exported already ({dest})')
+        return True
   tmp = dest + '.tmp'
   shutil.rmtree(tmp, ignore_errors=True)
   exported = os.path.join(run_dir(row), 'export')
@@ -508,6 +510,7 @@ def export(row):
       shutil.rmtree(tmp, ignore_errors=True)
       print(f'{row.key}: export failed (log: {run_dir(row)}/export.log)')
       return False
+  shutil.copyfile(source, os.path.join(tmp, 'published_from.json'))
   shutil.rmtree(dest, ignore_errors=True)
   os.replace(tmp, dest)
   print(f'{row.key}: exported to {dest}')
