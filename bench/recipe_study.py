@@ -55,6 +55,7 @@ from absl import flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from bench import recipe_reading  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CFG = 'flags/bench_cpu/recipe/'
@@ -305,6 +306,9 @@ def table():
   with open(os.path.join(FLAGS.results_dir, f'{FLAGS.name}.md'), 'a') as f:
     f.write('\n## Diagnosis: AA points each ingredient accounts for\n\n' +
             '\n'.join(diagnosis_lines(extra)) + '\n')
+    reading = recipe_reading.reading_lines(dict(extra, rows=rows))
+    if reading:
+      f.write('\n## Reading\n\n' + '\n'.join(reading) + '\n')
 
 
 # The diagnosis: each ingredient's share is the difference between two rows that differ in it
@@ -472,6 +476,9 @@ def readme():
   if result.get('missing'):
     lines += ['', 'Not yet trained and evaluated: ' + ', '.join(
         f'`{k}`' for k in result['missing']) + '.']
+  reading = recipe_reading.reading_lines(result)
+  if reading:
+    lines += [''] + reading
   lines += ['', 'What each ingredient accounts for (differences in points between two rows that '
             'differ in it only, on the same 500 images; s.e.: the standard error of the AA '
             'difference):', ''] + diagnosis_lines(result)

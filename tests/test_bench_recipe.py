@@ -256,3 +256,38 @@ def test_diagnosis_takes_each_ingredient_from_the_two_rows_that_differ_in_it():
   assert timed[('agkd_bml_k10', 'trades10')]['time'] == 1.11  # 1.0 / 0.9.
   assert timed[('agkd_bml_k2', 'cpu:agkd_bml')]['time'] is None  # Not timed together.
   assert 'needs agkd_bml_k10_teacher_ls0' in lines and '| yes |' in lines
+
+
+def _reading(by_row, ratios=None):
+  # pylint: disable=g-import-not-at-top
+  from bench import recipe_reading
+  # pylint: enable=g-import-not-at-top
+  ratios = ratios or {}
+  rows = [dict(r, row=k, method=k + (' (ours)' if k in ('agkd_bml_k10_trades',) else ''))
+          for k, r in by_row.items()]
+  result = {'rows': rows, 'diagnosis': recipe_study.diagnosis(by_row, {}, ratios),
+            'goal': recipe_study.goal(by_row, ratios)}
+  return '\n'.join(recipe_reading.reading_lines(result))
+
+
+def test_reading_decides_its_verdicts_from_the_figures():
+  base = {'at10': _row(25.0, 46.0), 'trades10': _row(21.0, 52.0)}
+  ratios = {'agkd_bml_k10': 1.0, 'at10': 0.44, 'trades10': 0.56, 'agkd_bml_k10_trades': 0.55}
+  loses = _reading(dict(base, agkd_bml_k10=_row(13.0, 45.0)), ratios)
+  assert 'is 12.0 AA points below (s.e. 2.5) AT-10' in loses
+  assert 'It loses to both under AutoAttack, at 2.27x and 1.79x' in loses
+  assert 'it is not measured yet' in loses  # The loss's share needs agkd_bml_k10_trades.
+  wins = _reading(dict(base, agkd_bml_k10=_row(35.0, 45.0)), ratios)
+  assert 'It beats both' in wins
+  # One point above AT-10 is within noise: no verdict either way.
+  tie = _reading(dict(base, agkd_bml_k10=_row(26.0, 45.0)))
+  assert 'It is not separated from both' in tie and 'within noise' in tie
+  # Our variant: measured against the aim, and the loss's test reads its PGD-AA gap.
+  variant = _reading(dict(base, agkd_bml_k10=_row(13.0, 45.0),
+                          agkd_bml_k10_trades=_row(24.0, 50.0)), ratios)
+  assert '`agkd_bml_k10_trades` +3.0 AA and -2.0 clean against TRADES-10 at 0.98x' in variant
+  assert 'The aim is met by `agkd_bml_k10_trades`.' in variant
+  assert 'its PGD-20 exceeds AA by 2.0 points (official 2.0)' in variant
+  short = _reading(dict(base, agkd_bml_k10=_row(13.0, 45.0),
+                        agkd_bml_k10_trades=_row(22.0, 50.0)), ratios)
+  assert 'No variant tried meets the aim yet.' in short
