@@ -96,13 +96,17 @@ def test_tiny_run_against_the_official_code(tmp_path):
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, 'bench', 'official_throughput.py'),
        f'--official_dir={_OFFICIAL}', '--ks=2', '--steps=1',
-       '--rounds=1', '--batch_size=4', '--train_examples=40', f'--dataset={_DATA}'],
+       '--rounds=1', '--batch_size=4', '--train_examples=40', f'--dataset={_DATA}',
+       '--ours_attack_dtypes=float32,bfloat16'],
       cwd=REPO, capture_output=True, text=True, timeout=600,
       env={**os.environ, 'AGKD_BENCH_RESULTS': str(tmp_path)})
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((tmp_path / 'official_throughput.json').read_text())
-  (row,) = result['rows']
-  assert row['k'] == 2 and row['ours_img_per_s'] > 0 and row['official_img_per_s'] > 0
+  # One row per dtype of our attack passes, each against the same official steps.
+  assert [r['ours_attack_dtype'] for r in result['rows']] == ['float32', 'bfloat16']
+  for row in result['rows']:
+    assert row['k'] == 2 and row['ours_img_per_s'] > 0 and row['official_img_per_s'] > 0
+  assert result['rows'][0]['official_img_per_s'] == result['rows'][1]['official_img_per_s']
   assert len(result['patches']) == len(official_throughput.PATCHES)
 
 
