@@ -291,3 +291,32 @@ def test_reading_decides_its_verdicts_from_the_figures():
   short = _reading(dict(base, agkd_bml_k10=_row(13.0, 45.0),
                         agkd_bml_k10_trades=_row(22.0, 50.0)), ratios)
   assert 'No variant tried meets the aim yet.' in short
+
+
+_PUBLISHED = os.path.join(REPO, 'bench', 'results', 'models', 'recipe_teacher_ls0')
+
+
+def test_published_models_check_runs_the_readers_command(tmp_path, shared_cifar):
+  del shared_cifar
+  script = os.path.join(REPO, 'bench', 'recipe_published.py')
+  env = {**os.environ, 'AGKD_BENCH_RESULTS': str(tmp_path / 'results')}
+  proc = subprocess.run([sys.executable, script, f'--models_dir={tmp_path / "none"}'], cwd=REPO,
+                        capture_output=True, text=True, timeout=120, env=env)
+  assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith('error: no published SavedModel under')
+  models = tmp_path / 'models'
+  shutil.copytree(_PUBLISHED, models / 'recipe_teacher_ls0')
+  readme = tmp_path / 'README.md'
+  readme.write_text('a\n<!-- recipe_published:begin x -->\nstale\n<!-- recipe_published:end -->\n')
+  proc = subprocess.run([sys.executable, script, f'--models_dir={models}', '--attacks=clean,pgd5',
+                         '--num_examples=20', '--readme', f'--readme_file={readme}'],
+                        cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  (row,) = json.loads((tmp_path / 'results' / 'recipe_published.json').read_text())['rows']
+  assert row['row'] == 'teacher_ls0' and row['exit_code'] == 0
+  assert row['clean'] > 50 and row['pgd5'] < row['clean']  # A natural teacher, on 20 images.
+  assert row['command'] == (f'python -m agkd_tf.evaluate --saved_model={models}/recipe_teacher_ls0 '
+                            '--dataset=folder:../shared/data/cifar10-jpeg --attacks=clean,pgd5 '
+                            '--num_examples=20 --output_dir=OUT')
+  text = readme.read_text()
+  assert 'stale' not in text and '| `teacher_ls0` |' in text
