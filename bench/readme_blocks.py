@@ -4,7 +4,7 @@ r"""Writes the README's Speed and GPU tables from the results files, without rer
   python bench/readme_blocks.py --check    # exit 1 if a block differs from its results file
 
 Each benchmark writes its JSON (`agkd_throughput.py`, `train_throughput.py`, `speed.py`,
-`onednn.py`, `gpu_reference_torch.py`); this
+`onednn.py`, `gpu_reference_torch.py`, `bf16_profile.py`); this
 script turns those files into the README blocks between `<!-- NAME:begin -->` and
 `<!-- NAME:end -->`, so every figure in them is one a script measured, with the command that
 measured it. tests/test_bench_figures.py runs `--check`.
@@ -144,8 +144,25 @@ def onednn_lines(result):
   return lines
 
 
+def bf16_profile_lines(result):
+  """Where PGD-20's time goes in float32 and with bfloat16 passes (bench/bf16_profile.py)."""
+  lines = ['| model | convolutions, share of float32 busy time | convolution kernels fp32 / bf16 | '
+           'the rest fp32 / bf16 (bf16 casts) | busy time fp32 / bf16 | wall time fp32 / bf16 | '
+           'busy share of wall x cores, fp32 / bf16 |', '|---|---|---|---|---|---|---|']
+  for r in result['rows']:
+    lines.append(
+        f'| {r["model"]} | {r["conv_share_fp32"]:.1f}% | {r["conv_speedup"]:.2f}x | '
+        f'{r["rest_speedup"]:.2f}x ({r["cast_ms_bf16"]:.0f} of {r["rest_ms_bf16"]:.0f} ms) | '
+        f'{r["busy_speedup"]:.2f}x | {r["wall_speedup"]:.2f}x | '
+        f'{r["busy_share_fp32"]:.0f}% / {r["busy_share_bf16"]:.0f}% |')
+  lines += ['', f'PGD-20 as one tf.while_loop, self time per op type from TensorFlow\'s profiler; '
+            f'{_machine(result)}, {result["date"]}; `{result["command"]}`.']
+  return lines
+
+
 def blocks():
   return {
+      'bf16_profile': bf16_profile_lines(_load('bf16_profile')),
       'agkd_throughput': agkd_throughput_lines(_load('agkd_throughput')),
       'train_throughput': train_throughput_lines(_load('train_throughput')),
       'speed': speed_lines(_load('speed')),

@@ -301,6 +301,22 @@ def test_onednn_bench_times_both_settings_in_their_own_processes(tmp_path):
   assert 'PGD-10 on / off' in (tmp_path / 'onednn.md').read_text()
 
 
+def test_bf16_profile_splits_busy_time_into_convolutions_and_the_rest(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'bench', 'bf16_profile.py'), '--models=cnn-cpu',
+       '--batch_size=4', '--calls=1'], cwd=REPO, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, AGKD_BENCH_RESULTS=str(tmp_path)))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads((tmp_path / 'bf16_profile.json').read_text())
+  row, = result['rows']
+  # The profile saw the network's convolutions in both kinds, and the casts bfloat16 adds.
+  assert row['conv_ms_fp32'] > 0 and row['conv_ms_bf16'] > 0 and row['cast_ms_bf16'] > 0
+  assert abs(row['busy_ms_fp32'] - row['conv_ms_fp32'] - row['rest_ms_fp32']) < 0.2
+  detail = dict(result['detail']['cnn-cpu']['float32'])
+  assert any('Conv2D' in op for op in detail) and 'IDLE' not in detail
+  assert row['busy_share_fp32'] > 0 and row['wall_ms_fp32'] > 0
+
+
 def test_the_readme_reading_of_the_cpu_table_is_the_one_its_files_give():
   """The prose under the CPU table is written from the results files, so it matches them."""
   sys.path.insert(0, REPO)
