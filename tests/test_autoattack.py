@@ -22,6 +22,24 @@ EPS = 0.05
 # ---------------------------------------------------------------- APGD step-size schedule
 
 
+def test_select_rows_equals_the_broadcast_select_and_keeps_static_shapes():
+  a = tf.random.stateless_uniform((5, 4, 4, 3), (0, 1))
+  b = tf.random.stateless_uniform((5, 4, 4, 3), (0, 2))
+  cond = tf.constant([True, False, False, True, False])
+  want = tf.where(tf.reshape(cond, [-1, 1, 1, 1]), a, b)
+  np.testing.assert_array_equal(common.select_rows(cond, a, b), want)
+
+  images = tf.TensorSpec([None, 4, 4, 3], tf.float32)
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.bool), images, images])
+  def traced(c, x, z):
+    out = common.select_rows(c, x, z)
+    assert out.shape.as_list() == [None, 4, 4, 3]  # A while_loop variable keeps its shape.
+    return out
+
+  np.testing.assert_array_equal(traced(cond, a, b), want)
+
+
 def test_apgd_checkpoints_for_100_iterations_match_the_paper():
   assert aa.checkpoints(100) == (22, 41, 57, 70, 80, 87, 93, 99)
   # The paper's p_j: p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06).

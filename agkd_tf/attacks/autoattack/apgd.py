@@ -212,10 +212,10 @@ def _apgd_loop(model_fn, x, y, y_target, eps, seed, x_init, n_iter, loss, rho, e
 
     pred_ok = tf.argmax(logits, axis=-1, output_type=tf.int32) == y
     robust = tf.logical_and(s['robust'], pred_ok)
-    x_best_adv = tf.where(common.expand(pred_ok, x), s['x_best_adv'], x_new)
+    x_best_adv = common.select_rows(pred_ok, s['x_best_adv'], x_new)
     improved = loss_indiv > s['loss_best']
-    x_best = tf.where(common.expand(improved, x), x_new, s['x_best'])
-    grad_best = tf.where(common.expand(improved, x), grad, s['grad_best'])
+    x_best = common.select_rows(improved, x_new, s['x_best'])
+    grad_best = common.select_rows(improved, grad, s['grad_best'])
     loss_best = tf.where(improved, loss_indiv, s['loss_best'])
     n_increase = s['n_increase'] + tf.cast(loss_indiv > s['prev_loss'], tf.float32)
 
@@ -225,11 +225,10 @@ def _apgd_loop(model_fn, x, y, y_target, eps, seed, x_init, n_iter, loss, rho, e
     halve = tf.logical_and(check, step_size_decision(
         n_increase, window[i], loss_best, s['loss_best_last_check'], s['reduced_last_check'],
         rho))
-    halve_b = common.expand(halve, x)
     return i + 1, dict(
-        x_adv=tf.where(halve_b, x_best, x_new),
+        x_adv=common.select_rows(halve, x_best, x_new),
         x_adv_old=x_cur,
-        grad=tf.where(halve_b, grad_best, grad),
+        grad=common.select_rows(halve, grad_best, grad),
         x_best=x_best,
         grad_best=grad_best,
         loss_best=loss_best,

@@ -29,6 +29,21 @@ def expand(v, x):
   return tf.reshape(v, [-1] + [1] * (len(x.shape) - 1))
 
 
+def select_rows(cond, a, b):
+  """tf.where(cond, a, b) per example: rows of `a` where cond [B] holds, of `b` elsewhere.
+
+  The same values as tf.where(expand(cond, a), a, b). It selects on [B, D] views because
+  TensorFlow's CPU select broadcasting a [B, 1, 1, 1] condition over images is several times
+  slower than the [B, 1] one over rows (measured 8x on [100, 32, 32, 3]), and the attack loops
+  select whole images several times per iteration.
+  """
+  shape = tf.shape(a)
+  flat = tf.where(cond[:, None], tf.reshape(a, [shape[0], -1]), tf.reshape(b, [shape[0], -1]))
+  out = tf.reshape(flat, shape)
+  out.set_shape(a.shape)  # Loop variables keep their static shape.
+  return out
+
+
 def linf_norm(v):
   """Per-example L-inf norm of a batch of tensors."""
   return tf.reduce_max(tf.abs(tf.reshape(v, [tf.shape(v)[0], -1])), axis=1)

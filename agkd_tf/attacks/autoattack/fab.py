@@ -180,10 +180,10 @@ def _fab_loop(model_fn, x, y, y_target, eps, seed, n_iter, alpha_max, eta, beta,
     is_adv = tf.argmax(common.logits_of(model_fn, x1), axis=-1, output_type=tf.int32) != y
     dist_x1 = common.linf_norm(x1 - x)
     closer = tf.logical_and(is_adv, dist_x1 < res2)
-    adv = tf.where(common.expand(closer, x), x1, adv)
+    adv = common.select_rows(closer, x1, adv)
     res2 = tf.where(closer, dist_x1, res2)
     # Step back toward the original so that the next iterations look for a closer point.
-    x1 = tf.where(common.expand(is_adv, x), x + (x1 - x) * beta, x1)
+    x1 = common.select_rows(is_adv, x + (x1 - x) * beta, x1)
     # The reshapes above lose a static batch size, which tf.while_loop refuses when the batch is
     # fully known (a single robust image left for FAB-T).
     return (i + 1, tf.ensure_shape(x1, x.shape), tf.ensure_shape(adv, x.shape),
@@ -193,7 +193,7 @@ def _fab_loop(model_fn, x, y, y_target, eps, seed, n_iter, alpha_max, eta, beta,
   _, _, adv, res2 = tf.while_loop(lambda i, *_: i < n_iter, body,
                                   (tf.constant(0), x1, x, res2))
   success = tf.logical_and(clean_ok, res2 < _FAR)
-  return tf.where(common.expand(success, x), adv, x), tf.where(success, res2, _FAR)
+  return common.select_rows(success, adv, x), tf.where(success, res2, _FAR)
 
 
 def fab_single_run(model_fn, x, y, eps, targeted=True, y_target=None, n_iter=100,

@@ -97,7 +97,7 @@ def _square_loop(model_fn, x, y, eps, seed, n_queries, p_init, rescale_schedule)
     x_new = common.project_linf(x_best + mask[..., None] * 2.0 * eps * signs, x, eps)
     margin = common.margin(common.logits_of(model_fn, x_new), y)
     accept = tf.logical_and(active, tf.logical_or(margin < margin_min, margin <= 0.0))
-    x_best = tf.where(common.expand(accept, x), x_new, x_best)
+    x_best = common.select_rows(accept, x_new, x_best)
     margin_min = tf.where(accept, margin, margin_min)
     # The batch-sized random draws lose a static batch size, which tf.while_loop refuses when
     # the batch is fully known (a single robust image left).
