@@ -126,12 +126,25 @@ def variants(result):
   if not tried:
     return []
   met = [g['row'] for g in tried if g['met']]
+
+  def noise(row):
+    d = _contrast(result, row, 'trades10')
+    if d is None:
+      return ''
+    return f' (s.e. {d["aa_se"]:.1f}{"" if d["beyond_noise"] else ", within noise"})'
+
   out = ['Our variants against the aim (every one tried): ' + '; '.join(
-      f'`{g["row"]}` {g["aa_above_trades"]:+.1f} AA and {-g["clean_loss"]:+.1f} clean against '
-      f'TRADES-10' + (f' at {g["time_vs_trades"]:.2f}x its time' if g['time_vs_trades'] else '')
+      f'`{g["row"]}` {g["aa_above_trades"]:+.1f} AA{noise(g["row"])} and '
+      f'{-g["clean_loss"]:+.1f} clean against TRADES-10' +
+      (f' at {g["time_vs_trades"]:.2f}x its time' if g['time_vs_trades'] else '')
       for g in tried) + '.']
   if met:
-    out.append('The aim is met by ' + ', '.join(f'`{m}`' for m in met) + '.')
+    unsure = [m for m in met if (_contrast(result, m, 'trades10') or {}).get('beyond_noise')
+              is False]
+    out.append('The aim is met by ' + ', '.join(f'`{m}`' for m in met) + '.' + (
+        ' For ' + ', '.join(f'`{m}`' for m in unsure) + ' the AA margin over TRADES-10 is within '
+        'two standard errors of 500 images: the figures meet the aim, the evidence that it beats '
+        'TRADES-10 under AA is not yet conclusive.' if unsure else ''))
   else:
     out.append('**No variant tried meets the aim yet.**')
   return out

@@ -263,8 +263,8 @@ def _reading(by_row, ratios=None):
   from bench import recipe_reading
   # pylint: enable=g-import-not-at-top
   ratios = ratios or {}
-  rows = [dict(r, row=k, method=k + (' (ours)' if k in ('agkd_bml_k10_trades',) else ''))
-          for k, r in by_row.items()]
+  ours = {r.key for r in recipe_study.ROWS if r.ours}
+  rows = [dict(r, row=k, method=k + (' (ours)' if k in ours else '')) for k, r in by_row.items()]
   result = {'rows': rows, 'diagnosis': recipe_study.diagnosis(by_row, {}, ratios),
             'goal': recipe_study.goal(by_row, ratios)}
   return '\n'.join(recipe_reading.reading_lines(result))
@@ -291,6 +291,13 @@ def test_reading_decides_its_verdicts_from_the_figures():
   short = _reading(dict(base, agkd_bml_k10=_row(13.0, 45.0),
                         agkd_bml_k10_trades=_row(22.0, 50.0)), ratios)
   assert 'No variant tried meets the aim yet.' in short
+  # Meeting the aim's figures by less than two standard errors is said to be inconclusive.
+  close = _reading(dict(base, agkd_bml_k10=_row(13.0, 45.0),
+                        agkd_bml_k4_trades_untargeted=_row(23.4, 58.8)),
+                   dict(ratios, agkd_bml_k4_trades_untargeted=0.57))
+  assert '`agkd_bml_k4_trades_untargeted` +2.4 AA (s.e. 2.6, within noise)' in close
+  assert 'The aim is met by `agkd_bml_k4_trades_untargeted`. For' in close
+  assert 'not yet conclusive' in close
 
 
 _PUBLISHED = os.path.join(REPO, 'bench', 'results', 'models', 'recipe_teacher_ls0')
