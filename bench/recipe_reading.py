@@ -30,9 +30,12 @@ def _points(d, key='aa'):
   side = 'below' if value < 0 else 'above'
   text = f'{abs(value):.1f} {name} points {side}' if value else f'level in {name}'
   if key == 'aa':
-    text += (f' (s.e. {d["aa_se"]:.1f})' if d['beyond_noise'] else
-             f' (within noise, s.e. {d["aa_se"]:.1f})')
+    text += (f' ({_se(d)})' if d['beyond_noise'] else f' (within noise, {_se(d)})')
   return text
+
+
+def _se(d):
+  return f's.e. {d["aa_se"]:.1f}' + (' paired' if d.get('aa_se_paired') else '')
 
 
 def _gap(row):
@@ -113,7 +116,7 @@ def ingredients(result):
       continue
     clean = f'; clean {d["clean"]:+.1f}' if d.get('clean') is not None else ''
     out.append(f'- {label}: {d["aa"]:+.1f} AA points ('
-               f'{"beyond" if d["beyond_noise"] else "within"} noise, s.e. {d["aa_se"]:.1f})'
+               f'{"beyond" if d["beyond_noise"] else "within"} noise, {_se(d)})'
                f'{clean}.')
   return out
 
@@ -131,7 +134,7 @@ def variants(result):
     d = _contrast(result, row, 'trades10')
     if d is None:
       return ''
-    return f' (s.e. {d["aa_se"]:.1f}{"" if d["beyond_noise"] else ", within noise"})'
+    return f' ({_se(d)}{"" if d["beyond_noise"] else ", within noise"})'
 
   out = ['Our variants against the aim (every one tried): ' + '; '.join(
       f'`{g["row"]}` {g["aa_above_trades"]:+.1f} AA{noise(g["row"])} and '

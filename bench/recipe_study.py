@@ -248,7 +248,9 @@ def table_row(row):
          'teacher': row.teacher or None, 'init_from': row.init_from or None,
          'aa_n': ev.get('aa_examples') if 'aa' in acc else None,
          'train_examples': result.get('train_examples'), 'epochs': result.get('epochs'),
-         'masking': '; '.join(masking.masking_flags(acc, ev)) or 'none'}
+         'masking': '; '.join(masking.masking_flags(acc, ev)) or 'none',
+         # Each AA image's verdict, where the evaluation kept them: the paired standard error.
+         'aa_verdicts': ev.get('correct_per_image', {}).get('aa')}
   for key in STUDENT_ATTACKS:
     out[key] = common.pct(acc.get(key))
   ips = result.get('images_per_sec')
@@ -342,15 +344,24 @@ EQUAL_TIME_TOLERANCE = 1.1
 
 
 def _standard_error(a, b):
-  """The standard error (points) of the AA difference of two rows, each a binomial proportion.
+  """The standard error (points) of the AA difference of two rows; (value, paired).
 
-  The rows are judged on the same images, so the paired error is smaller where their verdicts
-  agree; without per-image verdicts this unpaired figure is the conservative one.
+  Both rows are judged on the same images. Where both evaluations kept each image's verdict
+  (eval.json's correct_per_image), the error is the paired one, of the per-image differences,
+  which is smaller where the verdicts agree; otherwise each row counts as an independent
+  binomial proportion, the conservative figure.
   """
+  va, vb = a.get('aa_verdicts'), b.get('aa_verdicts')
+  if va and vb and len(va) == len(vb):
+    d = [int(i) - int(j) for i, j in zip(va, vb)]
+    mean = sum(d) / len(d)
+    var = sum(x * x for x in d) / len(d) - mean * mean
+    return round(100 * (var / len(d)) ** 0.5, 2), True
+
   def var(row):
     p = row['aa'] / 100
     return p * (1 - p) / row['aa_n']
-  return round(100 * (var(a) + var(b)) ** 0.5, 2)
+  return round(100 * (var(a) + var(b)) ** 0.5, 2), False
 
 
 def _difference(a, b, key):
@@ -384,10 +395,11 @@ def diagnosis(by_row, cpu_rows, ratios=None):
       a, b = rows
       for col in ('aa', 'cw20', 'pgd20', 'clean'):
         item[col] = _difference(a, b, col)
-      item['aa_se'] = _standard_error(a, b)
-      item['beyond_noise'] = abs(item['aa']) >= 2 * item['aa_se']
+      item['aa_se'], item['aa_se_paired'] = _standard_error(a, b)
+      item['beyond_noise'] = abs(item['aa']) > 0 and abs(item['aa']) >= 2 * item['aa_se']
     else:
-      item.update(aa=None, cw20=None, pgd20=None, clean=None, aa_se=None, beyond_noise=None)
+      item.update(aa=None, cw20=None, pgd20=None, clean=None, aa_se=None, aa_se_paired=None,
+                  beyond_noise=None)
     out.append(item)
   return out
 
@@ -440,7 +452,8 @@ def diagnosis_lines(result):
       lines.append(f'| {what} | needs {", ".join(d["needs"])} | | | | | {cell(d["time"])} |')
       continue
     aa = f'{d["aa"]:+.2f}' + ('' if d['beyond_noise'] else ' (within 2 s.e.)')
-    lines.append(f'| {what} | {aa} | {cell(d["aa_se"])} | ' + ' | '.join(
+    se = cell(d['aa_se']) + (' (paired)' if d.get('aa_se_paired') else '')
+    lines.append(f'| {what} | {aa} | {se} | ' + ' | '.join(
         '-' if d[k] is None else f'{d[k]:+.2f}' for k in ('cw20', 'pgd20', 'clean')) +
         f' | {cell(d["time"])} |')
   lines += ['', f'Aim: AA at least {GOAL_AA_POINTS:g} points above TRADES-10 at equal training '
@@ -481,7 +494,8 @@ def readme():
     lines += [''] + reading
   lines += ['', 'What each ingredient accounts for (differences in points between two rows that '
             'differ in it only, on the same 500 images; s.e.: the standard error of the AA '
-            'difference):', ''] + diagnosis_lines(result)
+            'difference, paired over the images where both evaluations kept each image\'s '
+            'verdict, else of two independent proportions):', ''] + diagnosis_lines(result)
   lines += ['', f'Written from bench/results/{FLAGS.name}.json ({result["date"]}), tabled by '
             f'`{result["command"]}` after `python bench/recipe_study.py --stages=train,eval` '
             'trained and evaluated the rows.']

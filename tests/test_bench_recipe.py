@@ -327,3 +327,21 @@ def test_published_models_check_runs_the_readers_command(tmp_path, shared_cifar)
                             '--num_examples=20 --output_dir=OUT')
   text = readme.read_text()
   assert 'stale' not in text and '| `teacher_ls0` |' in text
+
+
+def test_the_aa_standard_error_is_paired_where_both_rows_kept_each_images_verdict():
+  # 500 images; the two rows agree on all but 12 (11 robust only under a, 1 only under b).
+  a = dict(_row(24.0, 60.0), aa_verdicts='1' * 120 + '0' * 380)
+  b = dict(_row(22.0, 55.0), aa_verdicts='1' * 109 + '0' * 11 + '1' + '0' * 379)
+  se, paired = recipe_study._standard_error(a, b)  # pylint: disable=protected-access
+  # d = +1 on 11 images, -1 on 1: var = 12/500 - (10/500)^2; s.e. = sqrt(var / 500).
+  assert paired and se == round(100 * ((12 / 500 - (10 / 500) ** 2) / 500) ** 0.5, 2) == 0.69
+  unpaired, paired = recipe_study._standard_error(_row(24.0, 60.0), b)  # pylint: disable=protected-access
+  assert not paired and unpaired == 2.66
+  # The same 2-point gap: within noise unpaired, beyond it paired.
+  items = {(d['row'], d['baseline']): d for d in recipe_study.diagnosis(
+      {'agkd_bml_k4_trades_untargeted': a, 'trades10': b}, {})}
+  d = items[('agkd_bml_k4_trades_untargeted', 'trades10')]
+  assert d['aa_se_paired'] and d['beyond_noise']
+  lines = '\n'.join(recipe_study.diagnosis_lines({'diagnosis': [d], 'goal': []}))
+  assert '| +2.00 | 0.69 (paired) |' in lines

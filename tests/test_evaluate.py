@@ -45,6 +45,13 @@ def test_evaluation_report(trained_run):
   assert acc['aa'] <= min(acc['pgd5'], acc['cw5']) + 5.0
   assert set(result['aa']['flipped']) == {'apgd-ce', 'apgd-t', 'fab-t', 'square'}
   assert all(d <= 8 / 255 + 1e-6 for d in result['max_perturbation'].values())
+  # Each image's verdict is kept, so two models can be compared image by image; they add up to
+  # the accuracies (AutoAttack's over its own first aa_examples images).
+  verdicts = result['correct_per_image']
+  assert set(verdicts) == {'clean', 'fgsm', 'pgd5', 'cw5', 'mim5', 'aa'}
+  assert len(verdicts['clean']) == 40 and len(verdicts['aa']) == 20
+  for name, bits in verdicts.items():
+    assert set(bits) <= {'0', '1'} and round(100 * bits.count('1') / len(bits), 2) == acc[name]
   with open(os.path.join(trained_run, 'eval', 'eval.json')) as f:
     assert json.load(f)['accuracy'] == acc
   with open(os.path.join(trained_run, 'eval', 'eval.md')) as f:

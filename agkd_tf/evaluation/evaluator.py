@@ -183,9 +183,21 @@ def assess(model, x, y, config, dataset, output_dir=None):
       'model': model.name, 'model_dir': config.model_dir, 'saved_model': config.saved_model,
       'dataset': dataset, 'eps': config.eps, 'num_examples': len(runner.y),
       'attack_backend': config.attack_backend, 'seed': config.seed, 'accuracy': acc,
-      'seconds': times, 'max_perturbation': max_dev, 'masking_flags': flags, **extra,
+      'seconds': times, 'max_perturbation': max_dev, 'masking_flags': flags,
+      'correct_per_image': per_image(correct), **extra,
   }
   return result, runner, adversarial
+
+
+def per_image(correct):
+  """{attack: '0110...'}: each test image's verdict, in the evaluation's image order.
+
+  Two models judged on the same images can then be compared image by image (a paired test,
+  far tighter than comparing two accuracies when their verdicts agree on most images). '1' is
+  correctly classified (robust), '0' not; AutoAttack's string covers its first aa_examples images.
+  """
+  return {name: ''.join('1' if c else '0' for c in np.asarray(v, bool))
+          for name, v in correct.items()}
 
 
 def _autoattack(model, runner, config, log, correct, acc, times, extra):
@@ -199,6 +211,7 @@ def _autoattack(model, runner, config, log, correct, acc, times, extra):
   runner_lib.check_batch(runner.x[:n], x_aa, config.eps, 'aa')
   times['aa'] = time.perf_counter() - start
   acc['aa'] = _pct(report['final_robust_accuracy'])
+  correct['aa'] = report['robust_points']
   extra['aa'] = {k: report[k] for k in ('robust_accuracy', 'attacked', 'flipped', 'time_s',
                                         'warnings', 'skipped', 'max_perturbation')}
   extra['aa_examples'] = n

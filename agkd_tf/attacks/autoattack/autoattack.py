@@ -166,6 +166,7 @@ class AutoAttack:
         'clean_accuracy': accuracy on x,
         'robust_accuracy': {'clean': ..., attack: accuracy after it, ...} in attack order,
         'final_robust_accuracy': accuracy on x_adv,
+        'robust_points': [N] bool numpy, True where x_adv is still classified correctly,
         'attacked': {attack: points it was run on},
         'flipped': {attack: points it made misclassified},
         'time_s': {attack: wall time in seconds, tracing included},
@@ -208,7 +209,8 @@ class AutoAttack:
     warnings += checks.check_square_sr(robust_accuracy, log=log)
     delta = np.abs(x_adv - x).reshape(n, -1).max(axis=1) if n else np.zeros([0])
     max_pert = float(delta.max()) if n else 0.0
-    final = float((self._predict(x_adv, batch_size) == y).mean()) if n else 0.0
+    robust_points = self._predict(x_adv, batch_size) == y if n else np.zeros([0], bool)
+    final = float(robust_points.mean()) if n else 0.0
     log(f'max Linf perturbation: {max_pert:.5f}, nan in tensor: {int(np.isnan(x_adv).sum())}, '
         f'max: {x_adv.max() if n else 0:.5f}, min: {x_adv.min() if n else 0:.5f}')
     log(f'robust accuracy: {robust_accuracy[self.attacks_to_run[-1]]:.2%}')
@@ -220,6 +222,7 @@ class AutoAttack:
         'clean_accuracy': clean_accuracy,
         'robust_accuracy': robust_accuracy,
         'final_robust_accuracy': final,
+        'robust_points': robust_points,
         'attacked': attacked,
         'flipped': flipped,
         'time_s': time_s,
