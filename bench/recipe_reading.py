@@ -64,9 +64,10 @@ def standing(result):
              'AutoAttack' + (f', at {" and ".join(times)} their training time per image'
                              if len(times) == len(vs) else '') + '.**')
   k10 = rows.get('agkd_bml_k10')
-  gaps = [(name, _gap(rows[key])) for name, key in
-          (('AGKD-BML K = 10', 'agkd_bml_k10'), ('AGKD-BML K = 2', 'agkd_bml_k2'),
-           ('AT-10', 'at10'), ('TRADES-10', 'trades10')) if key in rows]
+  # Every evaluated row's gap, the official recipe first, the comparators named as in the text.
+  names = {'agkd_bml_k10': 'AGKD-BML K = 10', 'at10': 'AT-10', 'trades10': 'TRADES-10'}
+  order = ['agkd_bml_k10'] + [k for k in rows if k != 'agkd_bml_k10']
+  gaps = [(names.get(k, f'`{k}`'), _gap(rows[k])) for k in order]
   gaps = [(n, g) for n, g in gaps if g is not None]
   if k10 is None or len(gaps) < 2:
     return out
@@ -153,6 +154,22 @@ def variants(result):
   return out
 
 
+def strongest(result):
+  """The study's most robust row under AA, and where the best AGKD-BML row stands against it."""
+  rows = [r for r in result.get('rows', []) if r.get('aa') is not None]
+  if len(rows) < 2:
+    return []
+  top = max(rows, key=lambda r: r['aa'])
+  out = f'The most robust row of the study under AA is `{top["row"]}` ({top["aa"]:.1f}% AA, ' \
+        f'{top["clean"]:.1f}% clean).'
+  agkd = [r for r in rows if r['row'].startswith('agkd_bml')]
+  best = max(agkd, key=lambda r: r['aa']) if agkd else None
+  if best is not None and best is not top:
+    out += (f' The best AGKD-BML row, `{best["row"]}`, is {top["aa"] - best["aa"]:.1f} AA points '
+            f'below it and {best["clean"] - top["clean"]:+.1f} in clean accuracy.')
+  return [out]
+
+
 def reading_lines(result):
   """The whole reading: standing, ingredients and variants (empty parts left out)."""
   lines = []
@@ -163,7 +180,7 @@ def reading_lines(result):
   if ing:
     lines += ['What each measured ingredient is worth under AA (row minus baseline):', ''] + ing
     lines.append('')
-  lines += variants(result)
+  lines += variants(result) + strongest(result)
   while lines and not lines[-1]:
     lines.pop()
   return lines

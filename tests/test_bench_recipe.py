@@ -298,6 +298,10 @@ def test_reading_decides_its_verdicts_from_the_figures():
   assert '`agkd_bml_k4_trades_untargeted` +2.4 AA (s.e. 2.6, within noise)' in close
   assert 'The aim is met by `agkd_bml_k4_trades_untargeted`. For' in close
   assert 'not yet conclusive' in close
+  # The study's strongest row is named even when it is not AGKD-BML.
+  assert ('The most robust row of the study under AA is `at10` (25.0% AA, 46.0% clean). The best '
+          'AGKD-BML row, `agkd_bml_k4_trades_untargeted`, is 1.6 AA points below it and +12.8 in '
+          'clean accuracy.') in close
 
 
 _PUBLISHED = os.path.join(REPO, 'bench', 'results', 'models', 'recipe_teacher_ls0')
