@@ -80,7 +80,7 @@ def standing(result):
         f'{who} is {_points(d)} {whom}' +
         (f' at {d["time"]:.2f}x its time per image' if d.get('time') else '')
         for who, whom, d in equal_time) + '.')
-  worse = all(gaps[0][1] > g for _, g in gaps[1:] if _ in ('AT-10', 'TRADES-10'))
+  worse = all(gaps[0][1] > g for n, g in gaps[1:] if n in ('AT-10', 'TRADES-10'))
   out.append(('Its PGD-20 accuracy overstates its robustness more than the comparators\' do: '
               if worse else '') +
              'PGD-20 exceeds AA by ' + ', '.join(f'{g:.1f} points for {n}' for n, g in gaps) +
