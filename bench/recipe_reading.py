@@ -183,4 +183,7 @@ def reading_lines(result):
   lines += variants(result) + strongest(result)
   while lines and not lines[-1]:
     lines.pop()
+  if lines:
+    lines += ['', 'Every standard error here counts the sampling of the 500 test images only: each '
+              'row is one training run, so the variance between training seeds is not in them.']
   return lines
