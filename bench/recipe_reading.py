@@ -97,6 +97,15 @@ def standing(result):
                f'else equal): its PGD-20 exceeds AA by {gap:.1f} points (official '
                f'{_gap(k10):.1f}), and it is {_points(trades)} the official recipe, '
                f'{_points(trades, "clean")}.')
+    deficit = _contrast(result, 'agkd_bml_k10', 'trades10')
+    if trades['beyond_noise'] and trades['aa'] > 0 and deficit is not None and deficit['aa'] < 0:
+      if trades['aa'] >= -deficit['aa']:
+        out.append(f'With the TRADES term the official recipe\'s {-deficit["aa"]:.1f}-point AA '
+                   f'deficit to TRADES-10 is gone (it gains {trades["aa"]:.1f}): the loss '
+                   'accounts for all of it.')
+      else:
+        out.append(f'The loss so accounts for {trades["aa"]:.1f} of the {-deficit["aa"]:.1f} AA '
+                   'points by which the official recipe trails TRADES-10.')
   return out
 
 

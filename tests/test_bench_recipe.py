@@ -288,6 +288,12 @@ def test_reading_decides_its_verdicts_from_the_figures():
   assert '`agkd_bml_k10_trades` +3.0 AA and -2.0 clean against TRADES-10 at 0.98x' in variant
   assert 'The aim is met by `agkd_bml_k10_trades`.' in variant
   assert 'its PGD-20 exceeds AA by 2.0 points (official 2.0)' in variant
+  assert ("With the TRADES term the official recipe's 8.0-point AA deficit to TRADES-10 is gone "
+          '(it gains 11.0): the loss accounts for all of it.') in variant
+  part = _reading(dict(base, agkd_bml_k10=_row(13.0, 45.0),
+                       agkd_bml_k10_trades=_row(20.6, 50.8)), ratios)
+  assert ('The loss so accounts for 7.6 of the 8.0 AA points by which the official recipe trails '
+          'TRADES-10.') in part
   short = _reading(dict(base, agkd_bml_k10=_row(13.0, 45.0),
                         agkd_bml_k10_trades=_row(22.0, 50.0)), ratios)
   assert 'No variant tried meets the aim yet.' in short
