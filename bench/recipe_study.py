@@ -586,13 +586,28 @@ def _progress(directory):
           _checkpoint_step(directory))
 
 
-def _move_state(row, src, dest, verb, same_text):
-  """Copies a row's state from run-like directory src to dest when src got further."""
+def _finished_eval(directory):
+  """The bytes of directory's finished study evaluation (eval.json), or None."""
+  if not os.path.isfile(os.path.join(directory, 'eval_study', 'settings.json')):
+    return None
+  with open(os.path.join(directory, 'eval_study', 'eval.json'), 'rb') as f:
+    return f.read()
+
+
+def _move_state(row, src, dest, verb, same_text, newer_eval_counts=False):
+  """Copies a row's state from run-like directory src to dest when src got further.
+
+  With newer_eval_counts (parking: the run is the authority), a finished evaluation in src that
+  differs from dest's also counts as further, so a re-evaluation (new attacks, per-image
+  verdicts) of an already parked run is not silently left behind.
+  """
   if not os.path.isfile(os.path.join(src, 'flags.json')):
     return False
   if os.path.isdir(dest) and _progress(dest) >= _progress(src):
-    print(f'{row.key}: {same_text}')
-    return False
+    src_eval = _finished_eval(src) if newer_eval_counts else None
+    if src_eval is None or src_eval == _finished_eval(dest):
+      print(f'{row.key}: {same_text}')
+      return False
   _copy_state(src, dest)
   trained, evaluated, step = _progress(dest)
   print(f'{row.key}: {verb} {dest} (' + ('trained' if trained else f'checkpoint {step}') +
@@ -603,7 +618,8 @@ def _move_state(row, src, dest, verb, same_text):
 def park(row):
   """Copies a row's resumable state from its run to park_dir/<row>/ when it got further."""
   dest = os.path.join(FLAGS.park_dir, row.key)
-  return _move_state(row, run_dir(row), dest, 'parked in', f'parked already ({dest})')
+  return _move_state(row, run_dir(row), dest, 'parked in', f'parked already ({dest})',
+                     newer_eval_counts=True)
 
 
 def unpark(row):

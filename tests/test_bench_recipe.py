@@ -214,6 +214,20 @@ def test_park_and_unpark_carry_a_run_to_the_next_machine(tmp_path):
   assert _restored_value(park / 'agkd_bml_k10') == ('160', 160.0)
   assert _restored_value(runs / 'agkd_bml_k10') == ('160', 160.0)
 
+  # A re-evaluation rewrites eval.json at the same checkpoint: parking carries it over, and
+  # parking again with nothing new leaves the park alone.
+  for text in ('{"clean": 0.5}', '{"clean": 0.5, "correct_per_image": {"clean": "01"}}'):
+    (runs / 'teacher_ls05' / 'eval_study').mkdir(exist_ok=True)
+    (runs / 'teacher_ls05' / 'eval_study' / 'eval.json').write_text(text)
+    (runs / 'teacher_ls05' / 'eval_study' / 'settings.json').write_text('{}')
+    proc = _driver(tmp_path, '--stages=park', f'--park_dir={park}')
+    assert proc.returncode == 0, proc.stderr
+    assert 'teacher_ls05: parked in' in proc.stdout and '(trained, evaluated)' in proc.stdout
+    assert (park / 'teacher_ls05' / 'eval_study' / 'eval.json').read_text() == text
+  proc = _driver(tmp_path, '--stages=park', f'--park_dir={park}')
+  assert 'teacher_ls05: parked already' in proc.stdout
+  assert _restored_value(park / 'teacher_ls05') == ('120', 120.0)
+
   proc = _driver(tmp_path, '--stages=parc', f'--park_dir={park}')
   assert proc.returncode != 0 and "unknown stages ['parc']" in proc.stderr
 
