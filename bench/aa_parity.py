@@ -21,8 +21,16 @@ CPU wheel of torch and `pip install pyautoattack` beside agkd_tf.
 
   python bench/aa_parity.py --models=at=PATH/export,agkd_bml=PATH/export \
       --dataset=folder:../shared/data/cifar10-jpeg --num_examples=1000 [--readme]
+
+On a 2-core CPU 1,000 images take hours per model, so the images can be split into --chunks
+strided, class-balanced parts (chunk i holds images i, i + chunks, ...; the folder loaders list
+images class by class). Both sides run on one chunk, one after the other, so each chunk's time
+ratio is measured under the same conditions; with --state_dir each finished chunk is kept, a later
+run with the same settings takes it up, and --max_chunks bounds the new chunks of one run. The
+table counts the finished chunks only and says how many images that is out of --num_examples.
 """
 
+import json
 import logging
 import os
 import re
@@ -51,6 +59,12 @@ def define_flags():
   flags.DEFINE_integer('batch_size', 250, 'Attack batch size on both sides (official: 250).')
   flags.DEFINE_integer('seed', 0, 'Seed of both sides (and of the image selection).')
   flags.DEFINE_bool('readme', False, 'Also rewrite the README block aa_parity.')
+  flags.DEFINE_integer('chunks', 1, 'Strided, class-balanced parts the images are split into; '
+                       'both sides run on one part, then the next.', lower_bound=1)
+  flags.DEFINE_string('state_dir', None, 'Keeps each finished chunk here (one JSON file per model '
+                      'and chunk) and takes up the ones a run with the same settings finished.')
+  flags.DEFINE_integer('max_chunks', 0, 'New chunks to run per model in this invocation (0: all '
+                       'that are left).', lower_bound=0)
 
 
 # The official code logs one line per attack of the cascade at DEBUG level.
@@ -205,6 +219,99 @@ def run_official(bridge, x, y):
                   'max_perturbation': float((x_adv - xt).abs().max()), 'log': lines}
 
 
+def chunk_indices(n, chunks):
+  """Strided parts of range(n): part i holds i, i + chunks, ... (class-balanced on sorted data)."""
+  return [np.arange(i, n, chunks) for i in range(min(chunks, n))]
+
+
+def _bits(text):
+  return np.array([c == '1' for c in text], dtype=bool)
+
+
+def _text(bits):
+  return ''.join('1' if b else '0' for b in bits)
+
+
+def run_chunk(model, bridge, x, y, idx):
+  """Both sides on images idx (ours first); a JSON-ready record with per-image verdicts."""
+  xc, yc = x[idx], y[idx]
+  load = os.getloadavg()[0]
+  overhead = bridge_overhead(bridge, model.logits_fn, xc[:FLAGS.batch_size],
+                             yc[:FLAGS.batch_size].astype(np.int32))
+  ours, ours_info = run_ours(model, xc, yc.astype(np.int32))
+  official, off_info = run_official(bridge, xc, yc)
+  return {'indices': idx.tolist(), 'ours': _text(ours), 'official': _text(official),
+          'ours_s': ours_info['total_s'], 'official_s': off_info['total_s'],
+          'ours_removed': ours_info['removed'], 'official_removed': off_info['removed'],
+          'ours_time_s': ours_info['time_s'], 'official_time_s': off_info['time_s'],
+          'ours_max_perturbation': ours_info['max_perturbation'],
+          'official_max_perturbation': off_info['max_perturbation'],
+          'bridge_overhead': overhead, 'load_before': load, 'load_after': os.getloadavg()[0],
+          'finished': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}
+
+
+def aggregate(records, total):
+  """One table row from finished chunk records (image indices into the full selection)."""
+  n = sum(len(r['indices']) for r in records)
+  index = np.concatenate([np.asarray(r['indices'], dtype=np.int64) for r in records])
+  ours = np.concatenate([_bits(r['ours']) for r in records])
+  official = np.concatenate([_bits(r['official']) for r in records])
+  order = np.argsort(index, kind='stable')
+  index, ours, official = index[order], ours[order], official[order]
+  ours_s = sum(r['ours_s'] for r in records)
+  official_s = sum(r['official_s'] for r in records)
+  row = {
+      'images': n, 'images_of': f'{n}' if n == total else f'{n} of {total}',
+      'chunks_done': len(records),
+      'ours_robust': 100 * float(ours.mean()), 'official_robust': 100 * float(official.mean()),
+      'robust_gap': 100 * float(ours.mean() - official.mean()),
+      'alike': 100 * float((ours == official).mean()),
+      'robust_only_ours': int((ours & ~official).sum()),
+      'robust_only_official': int((official & ~ours).sum()),
+      'ours_s': ours_s, 'official_s': official_s, 'time_ratio': ours_s / official_s,
+      'chunk_time_ratios': [r['ours_s'] / r['official_s'] for r in records],
+      'bridge_overhead': statistics.median(r['bridge_overhead'] for r in records),
+      'ours_removed': {a: sum(r['ours_removed'][a] for r in records) for a in ATTACKS},
+      'official_removed': {a: sum(r['official_removed'][a] for r in records) for a in ATTACKS},
+      'ours_time_s': {a: sum(r['ours_time_s'][a] for r in records) for a in ATTACKS},
+      'official_time_s': {a: sum(r['official_time_s'][a] for r in records) for a in ATTACKS},
+      'only_ours_indices': index[ours & ~official].tolist(),
+      'only_official_indices': index[official & ~ours].tolist(),
+      'ours_max_perturbation': max(r['ours_max_perturbation'] for r in records),
+      'official_max_perturbation': max(r['official_max_perturbation'] for r in records),
+      'load_average': [[r['load_before'], r['load_after']] for r in records],
+  }
+  row['removed'] = ', '.join(f'{a} {row["ours_removed"][a]}/{row["official_removed"][a]}'
+                             for a in ATTACKS)
+  return row
+
+
+def _chunk_path(name, i):
+  return os.path.join(FLAGS.state_dir, f'{name}.chunk{i}.json')
+
+
+def _load_chunk(name, i, settings):
+  """A finished chunk kept by an earlier run with the same settings, or None."""
+  if not FLAGS.state_dir or not os.path.isfile(_chunk_path(name, i)):
+    return None
+  with open(_chunk_path(name, i)) as f:
+    record = json.load(f)
+  if record.get('settings') != settings:
+    print(f'{name}: chunk {i} in {FLAGS.state_dir} has other settings; running it again')
+    return None
+  return record
+
+
+def _save_chunk(name, i, record):
+  if not FLAGS.state_dir:
+    return
+  os.makedirs(FLAGS.state_dir, exist_ok=True)
+  tmp = _chunk_path(name, i) + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(record, f)
+  os.replace(tmp, _chunk_path(name, i))  # A chunk file is whole or absent.
+
+
 def main(argv):
   del argv
   try:
@@ -229,37 +336,39 @@ def main(argv):
     name, _, path = pair.partition('=')
     model = evaluation.load_model(saved_model=path)
     bridge = make_bridge(model.logits_fn)
-    overhead = bridge_overhead(bridge, model.logits_fn, x[:FLAGS.batch_size],
-                               y[:FLAGS.batch_size].astype(np.int32))
-    ours, ours_info = run_ours(model, x, y.astype(np.int32))
-    official, off_info = run_official(bridge, x, y)
-    n = len(y)
-    row = {
-        'model': name, 'saved_model': path, 'images': n,
-        'ours_robust': 100 * float(ours.mean()), 'official_robust': 100 * float(official.mean()),
-        'robust_gap': 100 * float(ours.mean() - official.mean()),
-        'alike': 100 * float((ours == official).mean()),
-        'robust_only_ours': int((ours & ~official).sum()),
-        'robust_only_official': int((official & ~ours).sum()),
-        'ours_s': ours_info['total_s'], 'official_s': off_info['total_s'],
-        'time_ratio': ours_info['total_s'] / off_info['total_s'],
-        'bridge_overhead': overhead,
-        'ours_removed': ours_info['removed'], 'official_removed': off_info['removed'],
-        'ours_time_s': ours_info['time_s'], 'official_time_s': off_info['time_s'],
-        'only_ours_indices': np.flatnonzero(ours & ~official).tolist(),
-        'only_official_indices': np.flatnonzero(official & ~ours).tolist(),
-        'ours_max_perturbation': ours_info['max_perturbation'],
-        'official_max_perturbation': off_info['max_perturbation'],
-    }
-    row['removed'] = ', '.join(f'{a} {row["ours_removed"][a]}/{row["official_removed"][a]}'
-                               for a in ATTACKS)
+    settings = {'model': name, 'saved_model': os.path.abspath(path), 'dataset': FLAGS.dataset,
+                'num_examples': len(y), 'eps': FLAGS.eps, 'batch_size': FLAGS.batch_size,
+                'seed': FLAGS.seed, 'chunks': FLAGS.chunks}
+    done, new = [], 0
+    for i, idx in enumerate(chunk_indices(len(y), FLAGS.chunks)):
+      record = _load_chunk(name, i, settings)
+      if record is None:
+        if FLAGS.max_chunks and new >= FLAGS.max_chunks:
+          continue
+        record = run_chunk(model, bridge, x, y, idx)
+        record.update(settings=settings, chunk=i)
+        _save_chunk(name, i, record)
+        new += 1
+        print(f'{name}: chunk {i + 1}/{FLAGS.chunks} ({len(idx)} images): ours '
+              f'{100 * np.mean(_bits(record["ours"])):.1f}% official '
+              f'{100 * np.mean(_bits(record["official"])):.1f}%, time '
+              f'{record["ours_s"] / record["official_s"]:.2f}x', flush=True)
+      done.append(record)
+    if not done:
+      print(f'{name}: no chunk finished yet', flush=True)
+      continue
+    row = aggregate(done, len(y))
+    row.update(model=name, saved_model=path)
     rows.append(row)
-    print(f'{name}: ours {row["ours_robust"]:.1f}% official {row["official_robust"]:.1f}%, '
-          f'alike {row["alike"]:.1f}%, time {row["time_ratio"]:.2f}x', flush=True)
+    print(f'{name}: {row["images"]} of {len(y)} images: ours {row["ours_robust"]:.1f}% official '
+          f'{row["official_robust"]:.1f}%, alike {row["alike"]:.1f}%, time '
+          f'{row["time_ratio"]:.2f}x', flush=True)
+  if not rows:
+    raise SystemExit('error: no chunk finished for any model; nothing to write')
   version = getattr(pyautoattack, '__version__', None) or _dist_version('pyautoattack')
   common.write(
       'aa_parity', rows,
-      [('model', 'model'), ('images', 'images'), ('ours robust %', 'ours_robust'),
+      [('model', 'model'), ('images', 'images_of'), ('ours robust %', 'ours_robust'),
        ('official robust %', 'official_robust'), ('gap (points)', 'robust_gap'),
        ('judged alike %', 'alike'), ('robust only ours', 'robust_only_ours'),
        ('robust only official', 'robust_only_official'),
@@ -268,7 +377,8 @@ def main(argv):
        ('bridge cost / native gradient', 'bridge_overhead')],
       notes=(f'Standard L-inf AutoAttack, eps {FLAGS.eps:.5f}, batch {FLAGS.batch_size}, seed '
              f'{FLAGS.seed}, on {FLAGS.num_examples} class-balanced test images of '
-             f'{FLAGS.dataset}; ours (agkd_tf.attacks.autoattack) against the official '
+             f'{FLAGS.dataset}, in {FLAGS.chunks} strided chunk(s), both sides on one chunk '
+             'before the next (the images column counts the finished chunks); ours (agkd_tf.attacks.autoattack) against the official '
              f'pyautoattack {version} with torch {torch.__version__} on the CPU, through a '
              'TensorFlow-to-PyTorch gradient bridge that recomputes the forward pass in its '
              'backward pass (its cost per CE gradient over a native TensorFlow gradient is in the '
@@ -281,7 +391,7 @@ def main(argv):
     for r in rows:
       lines.append(
           f'| AutoAttack (standard), ours / the official pyautoattack, {r["model"]}, '
-          f'{r["images"]} images | robust {r["ours_robust"]:.1f}% vs {r["official_robust"]:.1f}%'
+          f'{r["images_of"]} images | robust {r["ours_robust"]:.1f}% vs {r["official_robust"]:.1f}%'
           f'; {r["alike"]:.1f}% judged alike ({r["robust_only_ours"]} robust only under ours, '
           f'{r["robust_only_official"]} only under the official); time {r["time_ratio"]:.2f}x '
           f'({r["ours_s"]:.0f} vs {r["official_s"]:.0f} s) | `{cmd}` |')

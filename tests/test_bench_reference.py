@@ -145,3 +145,33 @@ def test_the_gradient_bridge_gives_tensorflows_logits_and_gradient():
   np.testing.assert_allclose(out.detach().numpy(), tf_logits.numpy(), rtol=1e-6)
   np.testing.assert_allclose(grad.numpy().transpose(0, 2, 3, 1), tape.gradient(tf_loss, xs),
                              rtol=1e-5, atol=1e-6)
+
+
+def _chunk(indices, ours, official, ours_s, official_s, removed):
+  attacks = aa_parity.ATTACKS
+  return {'indices': indices, 'ours': ours, 'official': official, 'ours_s': ours_s,
+          'official_s': official_s, 'bridge_overhead': 1.4, 'load_before': 1.0,
+          'load_after': 2.0, 'ours_max_perturbation': 0.031, 'official_max_perturbation': 0.0313,
+          'ours_removed': dict(zip(attacks, removed[0])),
+          'official_removed': dict(zip(attacks, removed[1])),
+          'ours_time_s': dict.fromkeys(attacks, 1.0), 'official_time_s': dict.fromkeys(attacks, 2.0)}
+
+
+def test_parity_chunks_are_strided_and_add_up_image_by_image():
+  # Strided parts: on class-sorted images each part holds every class.
+  labels = [c for c in range(4) for _ in range(6)]
+  parts = aa_parity.chunk_indices(len(labels), 3)
+  assert [sorted({labels[i] for i in p}) for p in parts] == [[0, 1, 2, 3]] * 3
+  assert sorted(i for p in parts for i in p) == list(range(24))
+
+  a = _chunk([0, 2, 4], '110', '100', 10.0, 30.0, ([3, 1, 0, 0], [3, 2, 0, 0]))
+  b = _chunk([1, 3, 5], '001', '011', 20.0, 30.0, ([1, 0, 0, 0], [1, 0, 0, 0]))
+  row = aa_parity.aggregate([a, b], 8)
+  assert (row['images'], row['images_of'], row['chunks_done']) == (6, '6 of 8', 2)
+  assert row['ours_robust'] == 50.0 and row['official_robust'] == 50.0
+  # Image 2 robust only under ours, image 3 only under the official: 4 of 6 alike.
+  assert row['only_ours_indices'] == [2] and row['only_official_indices'] == [3]
+  assert round(row['alike'], 3) == 66.667 and row['robust_gap'] == 0.0
+  assert row['time_ratio'] == 0.5 and row['chunk_time_ratios'] == [10 / 30, 20 / 30]
+  assert row['removed'] == 'apgd-ce 4/4, apgd-t 1/2, fab-t 0/0, square 0/0'
+  assert aa_parity.aggregate([a, b], 6)['images_of'] == '6'
