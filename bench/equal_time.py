@@ -44,7 +44,9 @@ from bench import robustness_cpu  # pylint: disable=g-import-not-at-top,wrong-im
 STUDIES = {
     'robustness_cpu': (robustness_cpu.ROWS, ['agkd_bml', 'at_eqt', 'fs_eqt', 'bilateral_eqt'],
                        'equal_time_timing'),
-    'recipe': (recipe_study.ROWS, [r.key for r in recipe_study.ROWS if not r.is_teacher],
+    # A row that differs from another by --seed only costs what that one costs: not timed again.
+    'recipe': (recipe_study.ROWS,
+               [r.key for r in recipe_study.ROWS if not r.is_teacher and not r.same_cost_as],
                'recipe_study_timing'),
 }
 flags.DEFINE_enum('study', 'robustness_cpu', list(STUDIES), 'Whose rows to time: the CPU '
@@ -65,13 +67,24 @@ _NOT_STEP = {'model_dir', 'dataset', 'data_dir', 'teacher_dir', 'init_from', 'tr
              'eval_attack_steps', 'checkpoint_every_steps', 'lr_decay_epochs'}
 
 
+def _flagfile_args(path):
+  """A flagfile's --flags in order, a nested --flagfile's in its place (as absl reads them)."""
+  with open(os.path.join(ROOT, path)) as f:
+    lines = [line.strip() for line in f]
+  args = []
+  for line in lines:
+    if line.startswith('--flagfile='):
+      args += _flagfile_args(line.partition('=')[2])
+    elif line.startswith('--'):
+      args.append(line)
+  return args
+
+
 def row_config(row):
   """The TrainConfig fields a row's flagfile and extra flags set, parsed as the binary does."""
   types = {f.name: type(f.default) for f in dataclasses.fields(train_lib.TrainConfig)}
   values = {}
-  with open(os.path.join(ROOT, row.flagfile)) as f:
-    lines = [line.strip() for line in f]
-  for arg in [line for line in lines if line.startswith('--')] + list(row.extra):
+  for arg in _flagfile_args(row.flagfile) + list(row.extra):
     name, _, text = arg[2:].partition('=')
     if name not in types or name in _NOT_STEP:
       continue

@@ -41,9 +41,16 @@ def test_rows_name_their_flagfiles_teachers_and_starts_consistently():
   assert {'teacher_ls05', 'teacher_ls0', 'agkd_bml_k10', 'agkd_bml_k5', 'agkd_bml_k2',
           'agkd_bml_k10_teacher_ls0', 'at10', 'at10_init_teacher', 'trades10',
           'agkd_bml_k10_trades', 'agkd_bml_k10_untargeted',
-          'agkd_bml_k4_trades_untargeted'} == set(keys)
+          'agkd_bml_k4_trades_untargeted', 'trades10_seed1',
+          'agkd_bml_k4_trades_untargeted_seed1'} == set(keys)
   for i, row in enumerate(recipe_study.ROWS):
     values = _flag_values(row.flagfile)
+    if row.same_cost_as:
+      # A second seed: the first seed's flagfile and --seed, nothing else, so its cost is the same.
+      same = recipe_study.BY_KEY[row.same_cost_as]
+      assert values == {'flagfile': same.flagfile, 'seed': '1'}, row.key
+      assert (row.teacher, row.init_from, row.ours) == (same.teacher, same.init_from, same.ours)
+      values = _flag_values(same.flagfile)
     for dep, flag in ((row.teacher, 'teacher_dir'), (row.init_from, 'init_from')):
       if dep:
         # The dependency is a teacher row listed earlier, so one pass in order trains it first,
@@ -64,6 +71,10 @@ def test_equal_time_reads_a_recipe_rows_method_settings():
   # pylint: disable=g-import-not-at-top
   from bench import equal_time
   # pylint: enable=g-import-not-at-top
+  # A nested --flagfile is read in its place, as absl reads it: a second seed differs by --seed.
+  first = equal_time.row_config(recipe_study.BY_KEY['agkd_bml_k4_trades_untargeted'])
+  second = equal_time.row_config(recipe_study.BY_KEY['agkd_bml_k4_trades_untargeted_seed1'])
+  assert second == dict(first, seed=1) and first['attack_steps'] == 4
   trades = equal_time.row_config(recipe_study.BY_KEY['agkd_bml_k10_trades'])
   assert trades['method'] == 'agkd_bml' and trades['agkd_loss'] == 'trades'
   assert trades['attack_steps'] == 10 and trades['trades_beta'] == 6.0
