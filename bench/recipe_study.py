@@ -316,7 +316,7 @@ def table():
     notes += ' Not yet trained and evaluated: ' + ', '.join(missing) + '.'
   common.RESULTS = FLAGS.results_dir
   extra = {'missing': missing, 'diagnosis': diagnosis(by_row, _cpu_rows(), ratios),
-           'goal': goal(by_row, ratios)}
+           'goal': goal(by_row, ratios), 'seeds': seeds(by_row)}
   common.write(FLAGS.name, rows, columns, notes=notes, extra=extra)
   # The diagnosis goes under the table in the same Markdown file.
   with open(os.path.join(FLAGS.results_dir, f'{FLAGS.name}.md'), 'a') as f:
@@ -349,7 +349,12 @@ CONTRASTS = (
     ('ours: an untargeted forward attack', 'agkd_bml_k10_untargeted', 'agkd_bml_k10'),
     ('ours, both at K = 4 (about equal time) against TRADES-10', 'agkd_bml_k4_trades_untargeted',
      'trades10'),
+    ('ours, both at K = 4, against TRADES-10, both on training seed 1',
+     'agkd_bml_k4_trades_untargeted_seed1', 'trades10_seed1'),
 )
+# The comparison replicated on a second training seed: (row, baseline) per seed, seed 0 first.
+REPLICATED = (('agkd_bml_k4_trades_untargeted', 'trades10'),
+              ('agkd_bml_k4_trades_untargeted_seed1', 'trades10_seed1'))
 # The aim of issue 17: an AGKD-BML of ours at least this many AA points above TRADES-10 at equal
 # training time, losing at most this many points of clean accuracy against it.
 GOAL_AA_POINTS, GOAL_CLEAN_LOSS, GOAL_REFERENCE = 2.0, 5.0, 'trades10'
@@ -418,6 +423,50 @@ def diagnosis(by_row, cpu_rows, ratios=None):
   return out
 
 
+def seeds(by_row):
+  """The replicated comparison over its training seeds, or None until every seed is tabled.
+
+  Returns:
+    {'row', 'baseline', 'per_seed': [{'row', 'baseline', 'aa', 'clean'}], 'aa', 'clean',
+    'aa_se', 'aa_se_paired', 'spread', 'beyond_noise'}: the mean over seeds of the AA and
+    clean differences; its standard error is taken over the test images, of each image's
+    difference averaged over the seeds (paired where every row kept its verdicts), so it
+    still counts the test images only; 'spread' is the largest minus the smallest seed's AA
+    difference, the only view of the variance between seeds that two or three runs give.
+  """
+  pairs = [(by_row.get(a), by_row.get(b)) for a, b in REPLICATED]
+  if any(a is None or b is None or a.get('aa') is None or b.get('aa') is None
+         for a, b in pairs):
+    return None
+  per_seed = [{'row': ka, 'baseline': kb, 'aa': round(a['aa'] - b['aa'], 2),
+               'clean': round(a['clean'] - b['clean'], 2)}
+              for (ka, kb), (a, b) in zip(REPLICATED, pairs)]
+  aa = round(sum(p['aa'] for p in per_seed) / len(per_seed), 2)
+  verdicts = [(a.get('aa_verdicts'), b.get('aa_verdicts')) for a, b in pairs]
+  n = len(verdicts[0][0] or '')
+  if n and all(va and vb and len(va) == n and len(vb) == n for va, vb in verdicts):
+    d = [sum(int(va[i]) - int(vb[i]) for va, vb in verdicts) / len(verdicts) for i in range(n)]
+    mean = sum(d) / n
+    se, paired = round(100 * ((sum(x * x for x in d) / n - mean * mean) / n) ** 0.5, 2), True
+  else:
+    # Independent proportions: the mean of the seeds' differences, each of two proportions.
+    var = sum((a['aa'] / 100) * (1 - a['aa'] / 100) / a['aa_n'] +
+              (b['aa'] / 100) * (1 - b['aa'] / 100) / b['aa_n'] for a, b in pairs)
+    se, paired = round(100 * var ** 0.5 / len(pairs), 2), False
+  return {'row': REPLICATED[0][0], 'baseline': REPLICATED[0][1], 'per_seed': per_seed, 'aa': aa,
+          'clean': round(sum(p['clean'] for p in per_seed) / len(per_seed), 2),
+          'aa_se': se, 'aa_se_paired': paired,
+          'spread': round(max(p['aa'] for p in per_seed) - min(p['aa'] for p in per_seed), 2),
+          'beyond_noise': abs(aa) > 0 and abs(aa) >= 2 * se}
+
+
+def _reference(row):
+  """The TRADES-10 row a row is judged against: the one of its own training seed."""
+  if row.same_cost_as:
+    return GOAL_REFERENCE + row.key[len(row.same_cost_as):]
+  return GOAL_REFERENCE
+
+
 def goal(by_row, ratios):
   """Whether each AGKD-BML row meets the aim against TRADES-10 (None where a figure is missing).
 
@@ -425,19 +474,20 @@ def goal(by_row, ratios):
     by_row: {row key: table_row(...)}.
     ratios: {row key: time per image / AGKD-BML K=10} from bench/equal_time.py --study=recipe.
   """
-  ref = by_row.get(GOAL_REFERENCE)
   out = []
   for row in ROWS:
     if row.key not in by_row or not row.key.startswith('agkd_bml'):
       continue
     r = by_row[row.key]
-    item = {'row': row.key, 'aa_above_trades': None, 'clean_loss': None,
+    ref_key = _reference(row)
+    ref = by_row.get(ref_key)
+    item = {'row': row.key, 'reference': ref_key, 'aa_above_trades': None, 'clean_loss': None,
             'time_vs_trades': None, 'met': None}
     if ref is not None and ref.get('aa') is not None and r.get('aa') is not None:
       item['aa_above_trades'] = round(r['aa'] - ref['aa'], 2)
       item['clean_loss'] = round(ref['clean'] - r['clean'], 2)
-      if ratios.get(row.key) and ratios.get(GOAL_REFERENCE):
-        item['time_vs_trades'] = round(ratios[row.key] / ratios[GOAL_REFERENCE], 2)
+      if ratios.get(row.key) and ratios.get(ref_key):
+        item['time_vs_trades'] = round(ratios[row.key] / ratios[ref_key], 2)
         # Equal time: no more than the tolerance over TRADES-10's cost per image (cheaper
         # counts, since it could spend the difference on more epochs).
         item['met'] = (item['aa_above_trades'] >= GOAL_AA_POINTS and
@@ -475,11 +525,14 @@ def diagnosis_lines(result):
             f'most {GOAL_CLEAN_LOSS:g} points of clean accuracy against it.', '',
             '| row | AA - TRADES-10 | clean loss vs TRADES-10 | time per image / TRADES-10 | '
             'aim met |', '|---|---|---|---|---|']
+  # Rows of a second training seed are judged against TRADES-10 of the same seed.
   if not result.get('goal'):
     lines.append('| no AGKD-BML row evaluated yet | | | | |')
   for g in result.get('goal', []):
     met = {None: 'not measured yet', True: 'yes', False: 'no'}[g['met']]
-    lines.append(f'| `{g["row"]}` | ' + ' | '.join(
+    ref = g.get('reference', GOAL_REFERENCE)
+    against = '' if ref == GOAL_REFERENCE else f' (against `{ref}`)'
+    lines.append(f'| `{g["row"]}`{against} | ' + ' | '.join(
         cell(g[k]) for k in ('aa_above_trades', 'clean_loss', 'time_vs_trades')) + f' | {met} |')
   return lines
 

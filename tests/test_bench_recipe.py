@@ -267,8 +267,8 @@ def test_diagnosis_takes_each_ingredient_from_the_two_rows_that_differ_in_it():
             'agkd_bml_k10_untargeted': 0.99}
   goal = {g['row']: g for g in recipe_study.goal(by_row, ratios)}
   assert goal['agkd_bml_k10_trades'] == {
-      'row': 'agkd_bml_k10_trades', 'aa_above_trades': 4.0, 'clean_loss': 2.0,
-      'time_vs_trades': 1.06, 'met': True}
+      'row': 'agkd_bml_k10_trades', 'reference': 'trades10', 'aa_above_trades': 4.0,
+      'clean_loss': 2.0, 'time_vs_trades': 1.06, 'met': True}
   assert goal['agkd_bml_k10_untargeted']['met'] is False  # 6 clean points lost.
   assert goal['agkd_bml_k10']['met'] is False  # 1 AA point only.
   assert 'trades10' not in goal
@@ -291,7 +291,7 @@ def _reading(by_row, ratios=None):
   ours = {r.key for r in recipe_study.ROWS if r.ours}
   rows = [dict(r, row=k, method=k + (' (ours)' if k in ours else '')) for k, r in by_row.items()]
   result = {'rows': rows, 'diagnosis': recipe_study.diagnosis(by_row, {}, ratios),
-            'goal': recipe_study.goal(by_row, ratios)}
+            'goal': recipe_study.goal(by_row, ratios), 'seeds': recipe_study.seeds(by_row)}
   return '\n'.join(recipe_reading.reading_lines(result))
 
 
@@ -380,3 +380,40 @@ def test_the_aa_standard_error_is_paired_where_both_rows_kept_each_images_verdic
   assert d['aa_se_paired'] and d['beyond_noise']
   lines = '\n'.join(recipe_study.diagnosis_lines({'diagnosis': [d], 'goal': []}))
   assert '| +2.00 | 0.69 (paired) |' in lines
+
+
+def test_the_second_seed_is_judged_against_its_own_trades_and_averaged_image_by_image():
+  # Four images. Seed 0: a breaks 1 fewer image than TRADES (+25 points); seed 1: level.
+  first = {'agkd_bml_k4_trades_untargeted': dict(_row(50.0, 60.0, n=4), aa_verdicts='1100'),
+           'trades10': dict(_row(25.0, 52.0, n=4), aa_verdicts='1000')}
+  second = {'agkd_bml_k4_trades_untargeted_seed1': dict(_row(25.0, 58.0, n=4), aa_verdicts='0010'),
+            'trades10_seed1': dict(_row(25.0, 56.0, n=4), aa_verdicts='0010')}
+  assert recipe_study.seeds(first) is None  # Not until every seed is tabled.
+  rep = recipe_study.seeds({**first, **second})
+  assert [p['aa'] for p in rep['per_seed']] == [25.0, 0.0] and rep['spread'] == 25.0
+  assert (rep['aa'], rep['clean']) == (12.5, 5.0)
+  # Per image, seed-averaged differences (0, .5, 0, 0): mean .125, var .25/4 - .125^2.
+  assert rep['aa_se_paired'] and rep['aa_se'] == round(
+      100 * ((0.0625 - 0.125 ** 2) / 4) ** 0.5, 2) == 10.83
+  assert not rep['beyond_noise']
+  # The second seed's row is held against TRADES-10 of its own seed, not the first's.
+  ratios = {'agkd_bml_k4_trades_untargeted': 0.57, 'trades10': 0.56,
+            'agkd_bml_k4_trades_untargeted_seed1': 0.57, 'trades10_seed1': 0.56}
+  goal = {g['row']: g for g in recipe_study.goal({**first, **second}, ratios)}
+  seed1 = goal['agkd_bml_k4_trades_untargeted_seed1']
+  assert seed1['reference'] == 'trades10_seed1' and seed1['aa_above_trades'] == 0.0
+  assert seed1['met'] is False and goal['agkd_bml_k4_trades_untargeted']['met'] is True
+  text = _reading({**first, **second}, ratios)
+  assert '`agkd_bml_k4_trades_untargeted_seed1` +0.0 AA' in text
+  assert 'against `trades10_seed1`' in text
+  assert 'seed 0: +25.0 AA, +8.0 clean; seed 1: +0.0 AA, +2.0 clean' in text
+  assert 'does not confirm that it beats TRADES-10' in text
+  # Both seeds 2+ points up, image by image beyond noise: the aim holds on the replicate.
+  big = {k: dict(_row(v['aa'], v['clean'], n=400)) for k, v in {**first, **second}.items()}
+  for k, up in (('agkd_bml_k4_trades_untargeted', 40), ('agkd_bml_k4_trades_untargeted_seed1', 36)):
+    big[k]['aa_verdicts'] = '1' * up + '0' * (400 - up)
+  for k in ('trades10', 'trades10_seed1'):
+    big[k]['aa_verdicts'] = '0' * 400
+  for k in big:
+    big[k]['aa'] = 100 * big[k]['aa_verdicts'].count('1') / 400
+  assert 'the aim holds on the replicate' in _reading(big, ratios)
