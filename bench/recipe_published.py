@@ -86,6 +86,21 @@ def check(row, output_dir):
   return out
 
 
+def _carried_over(rows):
+  """The previous results of published rows not rerun now that ran the same command."""
+  try:
+    with open(os.path.join(common.RESULTS, 'recipe_published.json')) as f:
+      previous = json.load(f)
+  except (OSError, ValueError):
+    return []
+  published = set(published_rows(FLAGS.models_dir))
+  date = previous.get('date')
+  # The evaluate command names the model, images, dataset and attacks: equal commands, same check.
+  return [dict(r, checked=r.get('checked', date)) for r in previous.get('rows', [])
+          if r['row'] not in rows and r['row'] in published and
+          r.get('command') == ' '.join(evaluate_command(r['row'], 'OUT'))]
+
+
 def main(argv):
   del argv
   rows = FLAGS.rows or published_rows(FLAGS.models_dir)
@@ -108,12 +123,21 @@ def main(argv):
         f'{a} {result[a]}' for a in FLAGS.attacks)) + f' ({result["seconds"]:.0f} s)', flush=True)
   if scratch is not None:
     scratch.cleanup()
+  now = time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())
+  for r in results:
+    r['checked'] = now
+  carried = _carried_over(rows) if FLAGS.rows else []
+  results = sorted(results + carried, key=lambda r: r['row'])
   columns = ([('row', 'row')] + [(a, a) for a in FLAGS.attacks] +
-             [('seconds', 'seconds'), ('exit code', 'exit_code'), ('command', 'command')])
+             [('seconds', 'seconds'), ('exit code', 'exit_code'), ('checked', 'checked'),
+              ('command', 'command')])
   common.write('recipe_published', results, columns, notes=(
       f'Each published recipe-study SavedModel, re-evaluated from {FLAGS.models_dir} by its '
       f'own evaluate process: accuracy (%) on {FLAGS.num_examples} class-balanced test images '
-      f'of {FLAGS.dataset}, L-inf eps 8/255, AutoAttack standard.'))
+      f'of {FLAGS.dataset}, L-inf eps 8/255, AutoAttack standard.' + (
+          f' {len(carried)} rows not in --rows are carried over from the previous results file '
+          '(the same evaluate command); the checked column dates each row.'
+          if carried else '')))
   if FLAGS.readme:
     lines = ['| published row | ' + ' | '.join(FLAGS.attacks) + ' | seconds | command |',
              '|---|' + '---|' * (len(FLAGS.attacks) + 2)]
@@ -122,7 +146,9 @@ def main(argv):
                  [common.cell(r.get(a)) for a in FLAGS.attacks])
       lines.append(f'| `{r["row"]}` | ' + ' | '.join(figures) +
                    f' | {r["seconds"]:.0f} | `{r["command"]}` |')
-    lines += ['', f'Written by `{common.command()}` ({FLAGS.num_examples} images each).']
+    lines += ['', f'Written by `{common.command()}` ({FLAGS.num_examples} images each)' + (
+        f'; {len(carried)} rows carried over from an earlier run of the script, dated in '
+        'bench/results/recipe_published.md.' if carried else '.')]
     common.readme_block('recipe_published', lines, FLAGS.readme_file)
   failed = [r['row'] for r in results if 'error' in r]
   if failed:

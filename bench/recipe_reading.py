@@ -159,10 +159,13 @@ def variants(result):
   if met:
     unsure = [m for m in met if (_contrast(result, m, refs[m]) or {}).get('beyond_noise')
               is False]
+    pooled = bool(result.get('seeds'))
     out.append('The aim is met by ' + ', '.join(f'`{m}`' for m in met) + '.' + (
         ' For ' + ', '.join(f'`{m}`' for m in unsure) + ' the AA margin over TRADES-10 is within '
         'two standard errors of 500 images: the figures meet the aim, the evidence that it beats '
-        'TRADES-10 under AA is not yet conclusive.' if unsure else ''))
+        'TRADES-10 under AA is ' + ('not conclusive on one seed alone; the replicate below pools '
+                                    'the seeds.' if pooled else 'not yet conclusive.')
+        if unsure else ''))
   else:
     out.append('**No variant tried meets the aim yet.**')
   return out
@@ -182,8 +185,10 @@ def replicate(result):
          f'seed-averaged verdicts; the seeds differ by {rep["spread"]:.1f} points) and '
          f'{rep["clean"]:+.1f} clean.')
   if rep['aa'] >= 2.0 and rep['beyond_noise']:
-    out += (' **Over both seeds it is at least 2 AA points above TRADES-10, beyond noise: the '
-            'aim holds on the replicate.**')
+    out += (f' **Over both seeds its margin, {rep["aa"]:+.1f} AA points, meets the aim\'s 2 '
+            'points and is more than two standard errors above zero: the aim holds on the '
+            'replicate.** (That the margin is 2 points or more, rather than above zero, is its '
+            'point estimate, not itself shown beyond noise.)')
   elif rep['aa'] > 0 and rep['beyond_noise']:
     out += (' **Over both seeds it is above TRADES-10 beyond noise, but by less than the aim\'s '
             '2 AA points.**')
