@@ -437,3 +437,18 @@ def test_the_second_seed_is_judged_against_its_own_trades_and_averaged_image_by_
     big[k]['aa'] = 100 * big[k]['aa_verdicts'].count('1') / 400
   held = _reading(big, ratios)
   assert 'margin, +9.5 AA points, meets the aim' in held and 'holds on the replicate' in held
+
+
+def test_the_cpu_table_points_users_to_the_replicated_configuration_of_ours():
+  # pylint: disable=g-import-not-at-top
+  from bench import robustness_cpu
+  # pylint: enable=g-import-not-at-top
+  by_row = {'agkd_bml_k4_trades_untargeted': _row(23.4, 58.8), 'trades10': _row(21.0, 51.6),
+            'agkd_bml_k4_trades_untargeted_seed1': _row(24.0, 59.0),
+            'trades10_seed1': _row(21.8, 52.0)}
+  study = {k: dict(r, row=k) for k, r in by_row.items()}
+  text = robustness_cpu._best_of_ours({'seeds': recipe_study.seeds(by_row)}, study)  # pylint: disable=protected-access
+  assert '`flags/bench_cpu/recipe/agkd_bml_k4_trades_untargeted.cfg`' in text
+  assert ('seed 0: AA 23.40% and clean 58.80% against 21.00% and 51.60%; seed 1: AA 24.00% and '
+          'clean 59.00% against 21.80% and 52.00% (+2.3 AA points over the seeds') in text
+  assert robustness_cpu._best_of_ours({}, study) == ''  # pylint: disable=protected-access
