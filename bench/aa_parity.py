@@ -65,6 +65,7 @@ def define_flags():
                       'and chunk) and takes up the ones a run with the same settings finished.')
   flags.DEFINE_integer('max_chunks', 0, 'New chunks to run per model in this invocation (0: all '
                        'that are left).', lower_bound=0)
+  flags.DEFINE_bool('run', True, 'Run the chunks still to do; --norun tables the kept ones only.')
 
 
 # The official code logs one line per attack of the cascade at DEBUG level.
@@ -286,6 +287,12 @@ def aggregate(records, total):
   return row
 
 
+def _model_key(path):
+  """A SavedModel path as the settings keep it: relative to the repository, so clones agree."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return os.path.relpath(os.path.abspath(path), root)
+
+
 def _chunk_path(name, i):
   return os.path.join(FLAGS.state_dir, f'{name}.chunk{i}.json')
 
@@ -296,9 +303,14 @@ def _load_chunk(name, i, settings):
     return None
   with open(_chunk_path(name, i)) as f:
     record = json.load(f)
-  if record.get('settings') != settings:
+  kept = dict(record.get('settings', {}))
+  kept['saved_model'] = _model_key(kept.get('saved_model', ''))
+  if kept != settings:
     print(f'{name}: chunk {i} in {FLAGS.state_dir} has other settings; running it again')
     return None
+  if record['settings'] != settings:  # Kept with an absolute path: keep it portable from now.
+    record['settings'] = settings
+    _save_chunk(name, i, record)
   return record
 
 
@@ -336,14 +348,14 @@ def main(argv):
     name, _, path = pair.partition('=')
     model = evaluation.load_model(saved_model=path)
     bridge = make_bridge(model.logits_fn)
-    settings = {'model': name, 'saved_model': os.path.abspath(path), 'dataset': FLAGS.dataset,
+    settings = {'model': name, 'saved_model': _model_key(path), 'dataset': FLAGS.dataset,
                 'num_examples': len(y), 'eps': FLAGS.eps, 'batch_size': FLAGS.batch_size,
                 'seed': FLAGS.seed, 'chunks': FLAGS.chunks}
     done, new = [], 0
     for i, idx in enumerate(chunk_indices(len(y), FLAGS.chunks)):
       record = _load_chunk(name, i, settings)
       if record is None:
-        if FLAGS.max_chunks and new >= FLAGS.max_chunks:
+        if not FLAGS.run or (FLAGS.max_chunks and new >= FLAGS.max_chunks):
           continue
         record = run_chunk(model, bridge, x, y, idx)
         record.update(settings=settings, chunk=i)
