@@ -90,13 +90,24 @@ def test_the_recipe_study_rows_share_one_footing():
              'nesterov', 'weight_decay', 'weight_decay_variables', 'lr_schedule',
              'lr_decay_epochs', 'lr_decay_factor', 'eval_examples', 'eval_attack_steps',
              'attack_dtype')
+
+
+  def read(path):
+    # A nested --flagfile's values in its place, as absl reads them.
+    values = {}
+    with open(path) as f:
+      for key, value in (l.strip()[2:].split('=', 1) for l in f if l.startswith('--')):
+        if key == 'flagfile':
+          values.update(read(os.path.join(conftest.REPO, value)))
+        else:
+          values[key] = value
+    return values
+
   rows = {}
   for name in sorted(os.listdir(root)):
     if name == 'teacher_ls05.cfg':
       continue
-    with open(os.path.join(root, name)) as f:
-      values = dict(l.strip()[2:].split('=', 1) for l in f if l.startswith('--'))
-    rows[name] = values
+    rows[name] = read(os.path.join(root, name))
   assert {'agkd_bml_k10.cfg', 'agkd_bml_k5.cfg', 'agkd_bml_k2.cfg', 'at10.cfg',
           'at10_init_teacher.cfg', 'trades10.cfg', 'agkd_bml_k10_teacher_ls0.cfg',
           'agkd_bml_k10_trades.cfg', 'agkd_bml_k10_untargeted.cfg'} <= set(rows)
@@ -110,6 +121,9 @@ def test_the_recipe_study_rows_share_one_footing():
   for name, change in (('agkd_bml_k10_trades.cfg', {'agkd_loss': 'trades', 'trades_beta': '6'}),
                        ('agkd_bml_k10_untargeted.cfg', {'agkd_attack': 'untargeted'})):
     assert rows[name] == {**reference, **change}, name
+  # A second training seed is its first seed's row with --seed=1 and nothing else.
+  for name in ('trades10_seed1.cfg', 'agkd_bml_k4_trades_untargeted_seed1.cfg'):
+    assert rows[name] == {**rows[name.replace('_seed1', '')], 'seed': '1'}, name
 
 
 def test_every_flagfile_parses_and_names_what_it_reproduces():
