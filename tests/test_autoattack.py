@@ -235,6 +235,28 @@ def test_fab_projection_matches_linear_programming():
   assert n_feasible > 100 and n_infeasible > 5
 
 
+def test_fab_projection_is_the_same_whichever_way_ties_of_rooms_are_ranked(monkeypatch):
+  # Images on the 1/255 grid (and the box edges) give many equal rooms: the host sort ranks ties
+  # in another order than the device's stable sort, which must not change the step.
+  from agkd_tf.attacks.autoattack import fab  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(1)
+  t = (rng.randint(0, 256, [40, 300]) / 255.0).astype(np.float32)
+  w = rng.normal(size=[40, 300]).astype(np.float32)
+  w[:, :20] = 0.0
+  b = (np.sum(w * t, 1) + rng.normal(size=40) * 3.0).astype(np.float32)
+  room = np.minimum(t, 1.0 - t)
+  room_s, abs_ws = fab.sorted_by_room(tf.constant(room), tf.constant(np.abs(w)))
+  room_s, abs_ws = room_s.numpy(), abs_ws.numpy()
+  assert np.all(np.diff(room_s, axis=1) <= 0)
+  for i in range(40):  # The same (room, |w|) pairs, permuted together.
+    assert sorted(zip(room_s[i], abs_ws[i])) == sorted(zip(room[i], np.abs(w[i])))
+  host = aa.projection_linf(t, w, b).numpy()
+  monkeypatch.setattr(fab.tf.config, 'list_logical_devices', lambda kind=None: ['device'])
+  device = aa.projection_linf(t, w, b).numpy()
+  np.testing.assert_allclose(host, device, atol=1e-5)
+  assert np.abs(host).max() > 0.01  # Real steps, not all zeros.
+
+
 # ---------------------------------------------------------------- Square schedule
 
 

@@ -72,12 +72,12 @@ def projection_linf(points, w, b):
   b = b - tf.reduce_sum(w * t, axis=1)  # The change of <w, z> still needed (<= 0).
   b0 = tf.reduce_sum(w * d, axis=1)  # The largest change the box allows.
 
-  # Coordinates by decreasing room: at radius r the first k (room >= r) are capped at r.
-  order = tf.reverse(tf.argsort(room, axis=1, stable=True), axis=[1])
-  ws = tf.gather(w, order, batch_dims=1)
-  room_s = tf.gather(room, order, batch_dims=1)
-  s = tf.cumsum(tf.abs(ws), axis=1)
-  sb = tf.cumsum(-ws * tf.gather(d, order, batch_dims=1), axis=1) + b0[:, None]
+  # Coordinates by decreasing room: at radius r the first k (room >= r) are capped at r. Each
+  # full move changes <w, z> by w d = -|w| room (d points toward the edge that lowers <w, z>), the
+  # same floats as the official -w * d, so only |w| and the rooms need sorting.
+  room_s, abs_ws = sorted_by_room(room, tf.abs(w))
+  s = tf.cumsum(abs_ws, axis=1)
+  sb = tf.cumsum(abs_ws * room_s, axis=1) + b0[:, None]
   # <w, delta(r)> at r = room of the k-th coordinate, for every k (non-decreasing in k).
   at_room = sb - s * room_s
 
@@ -108,6 +108,38 @@ def projection_linf(points, w, b):
   d_k = tf.minimum(r_k, d) * a + tf.maximum(-r_k, d) * (1.0 - a)
   d = tf.where(inside_min[:, None], d_min, tf.where(bisect[:, None], d_k, d))
   return d * nonzero
+
+
+def _sorted_by_room_np(room, abs_w):
+  # NumPy's quicksort argsort is vectorised (AVX-512 where the CPU has it).
+  # Flat indices: np.take on them is 3x faster than np.take_along_axis.
+  order = np.argsort(-room, axis=1) + np.arange(0, room.size, room.shape[1])[:, None]
+  return room.ravel().take(order), abs_w.ravel().take(order)
+
+
+def sorted_by_room(room, abs_w):
+  """Rows of room and abs_w [N, d], both permuted to put room in decreasing order.
+
+  Ties may come in any order: the projection's sums are the same over a run of equal rooms (the
+  radius at which they are capped is then their common room), so its result does not depend on
+  how ties are ranked. Without a GPU the sort and permutation run in NumPy: tf.argsort (TopK with
+  k = d) took 8.5 ms on [116, 3072], 15% of a whole FAB iteration of a small CNN, against
+  1.7 ms for NumPy's argsort, inside the same graph (AMD EPYC, 2 cores). With a GPU they stay on
+  the device.
+  """
+  if tf.config.list_logical_devices('GPU'):
+    order = tf.reverse(tf.argsort(room, axis=1, stable=True), axis=[1])
+    return tf.gather(room, order, batch_dims=1), tf.gather(abs_w, order, batch_dims=1)
+  # Two halves of the rows, two independent ops: NumPy releases the GIL while it sorts, so the
+  # executor sorts them on two cores at once.
+  half = (tf.shape(room)[0] + 1) // 2
+  parts = [tf.numpy_function(_sorted_by_room_np, [r, w], [tf.float32, tf.float32], stateful=False)
+           for r, w in ((room[:half], abs_w[:half]), (room[half:], abs_w[half:]))]
+  room_s = tf.concat([parts[0][0], parts[1][0]], 0)
+  abs_ws = tf.concat([parts[0][1], parts[1][1]], 0)
+  room_s.set_shape(room.shape)
+  abs_ws.set_shape(abs_w.shape)
+  return room_s, abs_ws
 
 
 def _num_features(x):
