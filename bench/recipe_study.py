@@ -362,6 +362,12 @@ GOAL_AA_POINTS, GOAL_CLEAN_LOSS, GOAL_REFERENCE = 2.0, 5.0, 'trades10'
 EQUAL_TIME_TOLERANCE = 1.1
 
 
+def _paired_standard_error(d):
+  """Standard error (points) of the mean of per-image differences d (fractions of one image)."""
+  mean = sum(d) / len(d)
+  return round(100 * ((sum(x * x for x in d) / len(d) - mean * mean) / len(d)) ** 0.5, 2)
+
+
 def _standard_error(a, b):
   """The standard error (points) of the AA difference of two rows; (value, paired).
 
@@ -372,10 +378,7 @@ def _standard_error(a, b):
   """
   va, vb = a.get('aa_verdicts'), b.get('aa_verdicts')
   if va and vb and len(va) == len(vb):
-    d = [int(i) - int(j) for i, j in zip(va, vb)]
-    mean = sum(d) / len(d)
-    var = sum(x * x for x in d) / len(d) - mean * mean
-    return round(100 * (var / len(d)) ** 0.5, 2), True
+    return _paired_standard_error([int(i) - int(j) for i, j in zip(va, vb)]), True
 
   def var(row):
     p = row['aa'] / 100
@@ -445,9 +448,9 @@ def seeds(by_row):
   verdicts = [(a.get('aa_verdicts'), b.get('aa_verdicts')) for a, b in pairs]
   n = len(verdicts[0][0] or '')
   if n and all(va and vb and len(va) == n and len(vb) == n for va, vb in verdicts):
-    d = [sum(int(va[i]) - int(vb[i]) for va, vb in verdicts) / len(verdicts) for i in range(n)]
-    mean = sum(d) / n
-    se, paired = round(100 * ((sum(x * x for x in d) / n - mean * mean) / n) ** 0.5, 2), True
+    se = _paired_standard_error(
+        [sum(int(va[i]) - int(vb[i]) for va, vb in verdicts) / len(verdicts) for i in range(n)])
+    paired = True
   else:
     # Independent proportions: the mean of the seeds' differences, each of two proportions.
     var = sum((a['aa'] / 100) * (1 - a['aa'] / 100) / a['aa_n'] +
