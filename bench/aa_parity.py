@@ -22,7 +22,7 @@ CPU wheel of torch and `pip install pyautoattack` beside agkd_tf.
   python bench/aa_parity.py --models=at=PATH/export,agkd_bml=PATH/export \
       --dataset=folder:../shared/data/cifar10-jpeg --num_examples=1000 [--readme]
 
-On a 2-core CPU 1,000 images take hours per model, so the images can be split into --chunks
+On a 2-core CPU 1,000 images take from half an hour to hours per model, so the images can be split into --chunks
 strided, class-balanced parts (chunk i holds images i, i + chunks, ...; the folder loaders list
 images class by class). Both sides run on one chunk, one after the other, so each chunk's time
 ratio is measured under the same conditions; with --state_dir each finished chunk is kept, a later

@@ -1,10 +1,12 @@
-"""Scripts that measure us against official PyTorch code: official_throughput.py, aa_parity.py.
+"""Scripts that measure us against official PyTorch code: official_throughput.py, aa_parity.py,
+and aa_profile.py, which splits our AutoAttack's time into network passes and the rest (it needs
+no torch and is tested on a tiny network).
 
-They need torch (never a package dependency), so CI checks what runs without it: the patch list
-applies to the official sources exactly as written and refuses sources it does not match, and the
-script exits with one clear line when torch is absent. With torch and a checkout of the official
-code (AGKD_OFFICIAL_DIR), a tiny end-to-end run is checked too; without them it skips with the
-reason.
+The first two need torch (never a package dependency), so CI checks what runs without it: the
+patch list applies to the official sources exactly as written and refuses sources it does not
+match, and each script exits with one clear line when torch is absent. With torch and a checkout
+of the official code (AGKD_OFFICIAL_DIR), a tiny end-to-end run is checked too; without them it
+skips with the reason.
 """
 
 import importlib.util
@@ -175,3 +177,37 @@ def test_parity_chunks_are_strided_and_add_up_image_by_image():
   assert row['time_ratio'] == 0.5 and row['chunk_time_ratios'] == [10 / 30, 20 / 30]
   assert row['removed'] == 'apgd-ce 4/4, apgd-t 1/2, fab-t 0/0, square 0/0'
   assert aa_parity.aggregate([a, b], 6)['images_of'] == '6'
+
+
+def test_profile_times_each_attack_against_its_network_passes(tmp_path):
+  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  import tensorflow as tf
+  from bench import aa_profile
+  from tests import helpers
+  # pylint: enable=g-import-not-at-top
+  # The robust images come from the kept chunks' per-image verdicts of ours.
+  settings = {'dataset': 'folder:x', 'num_examples': 6, 'seed': 0, 'eps': 0.03}
+  for i, (idx, ours) in enumerate([([0, 2, 4], '101'), ([1, 3, 5], '010')]):
+    (tmp_path / f'm.chunk{i}.json').write_text(json.dumps(
+        {'indices': idx, 'ours': ours, 'settings': settings}))
+  assert aa_profile.robust_images(str(tmp_path), 'm') == ([0, 3, 4], settings)
+
+  network = helpers.dense_network(input_shape=(4, 4, 3), num_classes=4)
+  x = tf.random.stateless_uniform([3, 4, 4, 3], [0, 1]).numpy()
+  logits_fn = lambda z: network(z, training=False)['logits']
+  y = np.argmax(logits_fn(x), 1).astype(np.int32)
+  timers = aa_profile.make_timers(logits_fn, x, y, 2, 0.03)
+  ms = aa_profile.profile(timers, 3, 2, 1)
+  assert set(ms) == {'forward', 'gradient', *aa_profile.ATTACKS}
+  assert all(v > 0 for v in ms.values())
+
+  # Fixed figures: the passes of each attack, their share, and the estimate built on them.
+  ms = {'forward': 1.0, 'gradient': 2.0, 'apgd-ce': 2.5, 'apgd-t': 4.0, 'fab-t': 4.0,
+        'square': 0.5}
+  share = aa_profile.shares(ms)
+  assert [share[a]['passes_ms'] for a in aa_profile.ATTACKS] == [2.0, 2.0, 3.0, 1.0]
+  assert [share[a]['share'] for a in aa_profile.ATTACKS] == [0.8, 0.5, 0.75, 1.0]
+  row = {'ours_time_s': {'apgd-ce': 10.0, 'apgd-t': 20.0, 'fab-t': 40.0, 'square': 30.0},
+         'official_s': 200.0}
+  assert aa_profile.floor(row, share) == (8.0 + 10.0 + 30.0 + 30.0, 78.0 / 200.0)
