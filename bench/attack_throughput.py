@@ -6,8 +6,10 @@ On the same network in the same process, alternating in rounds, at batch 256:
   `attacks.MAX_UNROLLED_STEPS`; the same attack with its step count given as a tensor runs as a
   `tf.while_loop`, and is timed too (native unrolled / native while_loop) to show what the
   unrolling is worth;
-- native PGD-20 on a bfloat16 copy of the network (Keras `mixed_bfloat16` policy, same weights;
-  the perturbation stays float32) / native float32, the candidate for training-time attacks.
+- native PGD-20 with the network's passes in bfloat16, as `--attack_dtype=bfloat16` runs the
+  training-time attacks (`models.compute_dtype`: every layer under the Keras `mixed_bfloat16`
+  policy for the call, inference BatchNorm as one fused bfloat16 op; the perturbation
+  stays float32) / native float32.
 With --model_dir (a trained cnn-cpu run), it also reports how much the attack's strength changes
 in bfloat16: PGD-20 accuracy with float32 and with bfloat16 passes on the same test images.
 With --bf16_training, it times a whole AGKD-BML K = 10 training step (batch 128) with
@@ -61,23 +63,14 @@ FLAGS = flags.FLAGS
 EPS, STEP, STEPS = 8 / 255, 2 / 255, 20
 
 
-def _bf16_copy(network, name, input_shape, num_classes):
-  import keras  # pylint: disable=g-import-not-at-top
-  keras.mixed_precision.set_global_policy('mixed_bfloat16')
-  try:
-    copy = models.build(name, input_shape, num_classes)
-  finally:
-    keras.mixed_precision.set_global_policy('float32')
-  copy.set_weights(network.get_weights())
-  return copy
-
-
-def _fns(network, network_bf16):
+def _fns(network):
   def logits(x):
     return network(x, training=False)['logits']
 
   def logits_bf16(x):
-    return network_bf16(x, training=False)['logits']
+    # The network's layers switched to bfloat16 for this call, as --attack_dtype=bfloat16 does.
+    with models.compute_dtype(network, 'bfloat16'):
+      return network(x, training=False)['logits']
 
   @tf.function(reduce_retracing=True)
   def native(x, y, seed):
@@ -130,8 +123,7 @@ def _time(fn, x, y, batches):
 def _strength(model_dir):
   network, spec = run_dir.load_network(model_dir)
   splits = data.load(spec['dataset'], train_examples=1, test_examples=FLAGS.strength_examples)
-  fns = _fns(network, _bf16_copy(network, spec['model'], spec['input_shape'],
-                                 spec['num_classes']))
+  fns = _fns(network)
   out = {'model': spec['model']}
   for name in ('native', 'native_bf16'):
     correct = 0
@@ -185,7 +177,7 @@ def main(argv):
   rows = []
   for name in FLAGS.models:
     network = models.build(name, (32, 32, 3), 10)
-    fns = _fns(network, _bf16_copy(network, name, (32, 32, 3), 10))
+    fns = _fns(network)
     x = tf.constant(rng.rand(FLAGS.batch_size, 32, 32, 3).astype(np.float32))
     y = tf.constant(rng.randint(0, 10, FLAGS.batch_size).astype(np.int32))
     speeds = {'native': [], 'cleverhans': [], 'native_while': []}

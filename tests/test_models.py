@@ -124,6 +124,45 @@ def test_compute_dtype_switches_the_traced_call_and_restores_the_policies():
   assert _policies(net) == {'float32'}
 
 
+def test_bfloat16_inference_batchnorm_is_one_fused_op_without_float32_round_trips():
+  net = models.build('cnn-cpu', (32, 32, 3), 10)
+  rng = np.random.RandomState(0)
+  layers = net._flatten_layers()  # pylint: disable=protected-access
+  bns = [l for l in layers if isinstance(l, keras.layers.BatchNormalization)]
+  assert bns
+  for bn in bns:  # Statistics far from the identity, so that a wrong fold shows.
+    n = bn.moving_mean.shape[0]
+    bn.moving_mean.assign(rng.normal(0, 0.5, n))
+    bn.moving_variance.assign(rng.uniform(0.2, 3.0, n))
+    bn.gamma.assign(rng.uniform(0.5, 1.5, n))
+    bn.beta.assign(rng.normal(0, 0.3, n))
+  x = tf.random.stateless_uniform((8, 32, 32, 3), (0, 3))
+  ref = net(x, training=False)['logits']
+
+  @tf.function
+  def bf16_call(v, training):
+    with models.compute_dtype(net, 'bfloat16'):
+      return net(v, training=training)['logits']
+
+  graph = bf16_call.get_concrete_function(x, False).graph.as_graph_def()
+  nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+  fused = [n for n in nodes if n.op == 'FusedBatchNormV3']
+  assert len(fused) == len(bns)
+  assert {tf.dtypes.as_dtype(n.attr['T'].type) for n in fused} == {tf.bfloat16}
+  # No activation goes back to float32 between the convolutions.
+  to_f32 = [n for n in nodes if n.op == 'Cast'
+            and n.attr['SrcT'].type == tf.bfloat16.as_datatype_enum
+            and n.attr['DstT'].type == tf.float32.as_datatype_enum]
+  assert len(to_f32) <= 1, [n.name for n in to_f32]
+  scale = float(tf.reduce_max(tf.abs(ref)))
+  np.testing.assert_allclose(tf.cast(bf16_call(x, False), tf.float32), ref, atol=0.05 * scale)
+  # Training mode keeps Keras's own call: batch statistics, not the moving ones.
+  train_ref = net(x, training=True)['logits']
+  np.testing.assert_allclose(tf.cast(bf16_call(x, True), tf.float32), train_ref,
+                             atol=0.05 * float(tf.reduce_max(tf.abs(train_ref))))
+  assert all('call' not in vars(bn) for bn in bns)
+
+
 @pytest.mark.parametrize('attack_dtype', [None, 'bfloat16'])
 def test_attack_dtype_reaches_the_training_attack_only(attack_dtype):
   from agkd_tf import methods  # pylint: disable=g-import-not-at-top

@@ -10,6 +10,7 @@ import contextlib
 import functools
 
 import keras
+import tensorflow as tf
 
 from agkd_tf.core.errors import UserError
 from agkd_tf.models import cnn
@@ -63,13 +64,47 @@ def compute_dtype(network, dtype):
   policy = 'float32' if dtype == 'float32' else f'mixed_{dtype}'
   layers = list(network._flatten_layers(include_self=True))  # pylint: disable=protected-access
   saved = [layer.dtype_policy for layer in layers]
+  low = [layer for layer in layers
+         if dtype == 'bfloat16' and isinstance(layer, keras.layers.BatchNormalization)]
   try:
     for layer in layers:
       layer.dtype_policy = policy
+    for layer in low:
+      layer.call = _inference_fused_call(layer, layer.call)
     yield
   finally:
+    for layer in low:
+      del layer.call  # The instance attribute; the class's call shows through again.
     for layer, old in zip(layers, saved):
       layer.dtype_policy = old
+
+
+def _inference_fused_call(layer, original):
+  """A BatchNormalization call that normalises a bfloat16 activation in one fused op.
+
+  Keras's BatchNormalization casts a bfloat16 activation to float32, normalises it with
+  element-wise ops and casts it back: on a CPU those casts and bfloat16 element-wise ops were much
+  of what kept bfloat16 attacks from gaining more (bench/bf16_profile.py). In inference mode,
+  which is how every attack calls the network, TensorFlow's FusedBatchNormV3 takes the bfloat16
+  activation with float32 statistics, computes in float32 inside one kernel (oneDNN's on CPUs) and
+  returns bfloat16. It needs an epsilon of at least 1.001e-5 and raises a smaller one to that
+  (the zoo's 1e-5 moves by 1e-8). Training-mode calls, masks, other ranks and axes keep Keras's
+  own call.
+  """
+  def call(inputs, training=None, mask=None):
+    channels_last = layer.axis in (-1, len(inputs.shape) - 1)
+    if training or mask is not None or len(inputs.shape) != 4 or not channels_last:
+      return original(inputs, training=training, mask=mask)
+    n = inputs.shape[-1]
+    gamma = tf.cast(layer.gamma, tf.float32) if layer.scale else tf.ones([n], tf.float32)
+    beta = tf.cast(layer.beta, tf.float32) if layer.center else tf.zeros([n], tf.float32)
+    outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+        tf.cast(inputs, layer.compute_dtype), gamma, beta,
+        mean=tf.cast(layer.moving_mean, tf.float32),
+        variance=tf.cast(layer.moving_variance, tf.float32), epsilon=layer.epsilon,
+        data_format='NHWC', is_training=False)
+    return outputs
+  return call
 
 
 def validate_name(name):
