@@ -24,7 +24,9 @@ hyperplane does not meet the box, it returns the box corner that comes closest.
 
 Deviations: divisions by a zero L1 norm of w (w = 0 on the coordinates that matter) yield a zero
 step instead of an infinity; ties in the ranking of targets are broken by class index; random
-restarts use TensorFlow's stateless generators. The jacobian of untargeted FAB comes from
+restarts use TensorFlow's stateless generators; the projection may rank tied rooms in another
+order than the official stable sort (on a CPU it sorts in NumPy), which leaves its step the same up
+to float rounding. The jacobian of untargeted FAB comes from
 `GradientTape.batch_jacobian` (the official code runs one backward pass per class: same values).
 """
 
