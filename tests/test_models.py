@@ -161,6 +161,13 @@ def test_bfloat16_inference_batchnorm_is_one_fused_op_without_float32_round_trip
   np.testing.assert_allclose(tf.cast(bf16_call(x, True), tf.float32), train_ref,
                              atol=0.05 * float(tf.reduce_max(tf.abs(train_ref))))
   assert all('call' not in vars(bn) for bn in bns)
+  # Nested on the same network: the inner exit leaves the outer override in place.
+  with models.compute_dtype(net, 'bfloat16'):
+    outer = vars(bns[0])['call']
+    with models.compute_dtype(net, 'bfloat16'):
+      pass
+    assert vars(bns[0])['call'] is outer
+  assert all('call' not in vars(bn) for bn in bns)
 
 
 @pytest.mark.parametrize('attack_dtype', [None, 'bfloat16'])

@@ -66,15 +66,19 @@ def compute_dtype(network, dtype):
   saved = [layer.dtype_policy for layer in layers]
   low = [layer for layer in layers
          if dtype == 'bfloat16' and isinstance(layer, keras.layers.BatchNormalization)]
+  # A context inside another one on the same network finds its override in place: keep it.
+  saved_calls = [vars(layer).get('call') for layer in low]
   try:
     for layer in layers:
       layer.dtype_policy = policy
-    for layer in low:
-      layer.call = _inference_fused_call(layer, layer.call)
+    for layer, outer in zip(low, saved_calls):
+      if outer is None:
+        layer.call = _inference_fused_call(layer, layer.call)
     yield
   finally:
-    for layer in low:
-      del layer.call  # The instance attribute; the class's call shows through again.
+    for layer, outer in zip(low, saved_calls):
+      if outer is None and 'call' in vars(layer):
+        del layer.call  # The instance attribute; the class's call shows through again.
     for layer, old in zip(layers, saved):
       layer.dtype_policy = old
 
